@@ -1,0 +1,95 @@
+"""Feature re-alignment (FA), Sec. 3.5 of the paper.
+
+Two extra losses on the unlabeled batch, added to any strong/weak SSL algorithm:
+
+  L_s  similarity loss (Eqs. 11-12): pull the weak-view feature of each unlabeled sample towards the weak-view
+       feature of the labeled sample whose *strong* views are most similar to its strong view.
+  L_c  contrastive loss (Eqs. 17-18): the invariance term of Barlow Twins [52] between the strong and the weak
+       view, which bounds the strong/weak feature gap (Eq. 19) and so the margin-error gap (Eqs. 13-16).
+
+Features are g(x), the backbone's pre-logits features, i.e. the input of the linear head W (Eq. 14).
+
+    L = L_l + lambda_u * L_u + lambda_s * L_s + lambda_c * L_c
+
+The two losses are pure functions (tensors in, scalar out) that can be copied out alone; the queues Q_w, Q_s
+that L_s reads are the only state and live in `FeatureQueues`.
+"""
+import torch
+import torch.nn.functional as F
+
+
+class FeatureQueues:
+    """Q_w [N_l, d]: latest weak-view feature of each labeled sample.
+    Q_s [N_l, T, d]: last T strong-view features of each labeled sample, a ring per sample (oldest dropped first).
+    filled [N_l, T]: which Q_s slots hold a feature; an empty slot is never chosen as nearest.
+
+    Rows are *positions* in the labeled set (0..N_l-1), not dataset indices; the caller maps one to the other.
+    """
+
+    def __init__(self, num_labeled, queue_len, dim, device="cpu"):
+        self.T = queue_len
+        self.q_w = torch.zeros(num_labeled, dim, device=device)  # [N_l, d]
+        self.q_s = torch.zeros(num_labeled, queue_len, dim, device=device)  # [N_l, T, d]
+        self.filled = torch.zeros(num_labeled, queue_len, dtype=torch.bool, device=device)  # [N_l, T]
+        self.ptr = torch.zeros(num_labeled, dtype=torch.long, device=device)  # [N_l] next slot to write
+
+    @torch.no_grad()
+    def update(self, lb_pos, z_w, z_s):
+        """Write detached features of a labeled batch. lb_pos [B] positions, z_w / z_s [B, d].
+        A position that appears twice in the batch keeps the weak feature of its last occurrence and pushes
+        every strong feature, in batch order."""
+        z_w, z_s = z_w.detach().to(self.q_w), z_s.detach().to(self.q_s)
+        for b in range(lb_pos.shape[0]):  # B is the small labeled batch; a loop keeps the ring order exact
+            i = int(lb_pos[b])
+            self.q_w[i] = z_w[b]
+            t = int(self.ptr[i])
+            self.q_s[i, t] = z_s[b]
+            self.filled[i, t] = True
+            self.ptr[i] = (t + 1) % self.T
+
+    def state_dict(self):
+        return {"q_w": self.q_w.clone(), "q_s": self.q_s.clone(), "filled": self.filled.clone(), "ptr": self.ptr.clone()}
+
+    def load_state_dict(self, state):
+        for k in ("q_w", "q_s", "filled", "ptr"):
+            getattr(self, k).copy_(state[k])
+        self.T = self.q_s.shape[1]
+
+
+def similarity_loss(z_u_w, z_u_s, q_w, q_s, filled=None):
+    """L_s, Eqs. 11-12. z_u_w, z_u_s [B_u, d]; q_w [N_l, d]; q_s [N_l, T, d]; filled [N_l, T] bool or None (all).
+
+    i*_j = argmax_{i, t} sim(z_u_s[j], q_s[i, t])                      # Eq. 11
+    L_s  = mean_j ( 1 - sim(z_u_w[j], q_w[i*_j]) )                     # Eq. 12
+    sim is the cosine similarity. The gradient flows through z_u_w only: the choice of i* (strong view) and the
+    queues are constants. Every unlabeled sample of the batch counts, confident or not. Returns 0 (with a graph)
+    when no slot is filled yet.
+    """
+    N_l, T, d = q_s.shape
+    if filled is None:
+        filled = torch.ones(N_l, T, dtype=torch.bool, device=q_s.device)
+    if not bool(filled.any()):
+        return z_u_w.sum() * 0.0
+    with torch.no_grad():
+        s = F.normalize(z_u_s.detach(), dim=-1) @ F.normalize(q_s.reshape(N_l * T, d), dim=-1).T  # [B_u, N_l*T]
+        s = s.masked_fill(~filled.reshape(1, N_l * T), float("-inf"))
+        i_star = s.argmax(dim=1) // T  # [B_u] Eq. 11: row of the most similar (i, t)
+    sim = F.cosine_similarity(z_u_w, q_w[i_star].detach(), dim=-1)  # [B_u]
+    return (1.0 - sim).mean()  # Eq. 12, averaged over the batch
+
+
+def contrastive_loss(z_s, z_w, eps=1e-5):
+    """L_c, Eqs. 17-18, as the invariance term of Barlow Twins [52]. z_s, z_w [B, d] (strong / weak view of the
+    same samples, B >= 2).
+
+    Each feature dimension is standardised over the batch (zero mean, unit variance), which is what makes
+    g_i(x_s)^T g_i(x_w) a correlation; then
+        c_i = mean_b zs_hat[b, i] * zw_hat[b, i]                        # the expectation in Eq. 18
+        L_c = sum_i (1 - c_i)^2                                          # Eq. 18
+    With this normalisation Eq. 19 holds exactly: mean_b ||zs_hat[b] - zw_hat[b]||^2 = 2 * sum_i (1 - c_i)
+    <= 2 * sqrt(d * L_c) (Cauchy-Schwarz). The variance is the biased (1/B) one so that mean_b zs_hat^2 = 1.
+    """
+    zs = (z_s - z_s.mean(0)) / torch.sqrt(z_s.var(0, unbiased=False) + eps)  # [B, d]
+    zw = (z_w - z_w.mean(0)) / torch.sqrt(z_w.var(0, unbiased=False) + eps)  # [B, d]
+    c = (zs * zw).mean(0)  # [d]
+    return ((1.0 - c) ** 2).sum()
