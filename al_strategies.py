@@ -44,7 +44,7 @@ def random_select(num_pool, budget, seed):
 # -----------------------------------------------------------------------------
 # k-center greedy (Sener & Savarese 2018, Alg. 1), shared by CoreSet and Noise stability
 
-def kcenter_greedy(x, budget, centres, chunk=8192):
+def kcenter_greedy(x, budget, centres):
     """x [N, D] points, centres [M, D] initial centres (M may be 0). Returns `budget` indices.
 
     Each step takes u = argmax_i min_c ||x_i - c||^2 and adds x_u as a centre. Squared
@@ -53,13 +53,13 @@ def kcenter_greedy(x, budget, centres, chunk=8192):
     """
     N = x.shape[0]
     _check_budget(budget, N)
-    x2 = (x * x).sum(1)                                          # [N]
+    x2 = torch.linalg.vector_norm(x, dim=1) ** 2                 # [N], no [N, D] temporary
     d = torch.full((N,), math.inf, dtype=x.dtype, device=x.device)  # running min sq. distance
-    cstep = max(1, (1 << 22) // max(1, N))                       # bound the [N, cc] block to ~4M entries
-    for j in range(0, centres.shape[0], cstep):
-        c = centres[j:j + cstep].to(x.dtype)                     # [cc, D]
-        dc = x2[:, None] - 2 * (x @ c.T) + (c * c).sum(1)[None]  # [N, cc]
-        d = torch.minimum(d, dc.min(1).values)
+    step = max(1, (1 << 22) // max(1, N))                        # centres per block: [N, cc] <= 4M
+    for j in range(0, centres.shape[0], step):
+        c = centres[j:j + step].to(x.device, x.dtype)            # [cc, D]
+        dc = (x @ c.T).mul_(-2).add_(x2[:, None]).add_((c * c).sum(1))  # ||x - c||^2, [N, cc]
+        torch.minimum(d, dc.min(1).values, out=d)
     picks = []
     for _ in range(budget):
         u = int(torch.argmax(d))
@@ -87,13 +87,59 @@ def _argmax(head, z, chunk):
     return torch.cat([head(z[r]).argmax(1) for r in _rows(z.shape[0], chunk)])
 
 
-def alphamix(feats_lb, labels_lb, feats_pool, head, budget, alpha_cap=0.2, seed=0,
-             num_classes=None, chunk=4096):
+def class_anchors(feats_lb, labels_lb, C):
+    """[C, d] anchors: mean labeled feature per class; a class without labels gets the mean of all."""
+    zl, yl = feats_lb, labels_lb.to(feats_lb.device).long()     # [N_l, d], [N_l]
+    M = max(C, int(yl.max()) + 1)                                # tolerate labels >= C
+    cnt = torch.bincount(yl, minlength=M)[:C].to(zl.dtype)      # [C]
+    A = torch.zeros(M, zl.shape[1], dtype=zl.dtype, device=zl.device).index_add_(0, yl, zl)[:C]
+    return torch.where(cnt[:, None] > 0, A / cnt.clamp(min=1)[:, None], zl.mean(0))
+
+
+def _unit(g):
+    """g / ||g|| per row, robust to tiny gradients of saturated softmaxes: ||g||^2 can underflow
+    in float32 (the authors' code then divides by 0); a zero gradient gives 0 (never a candidate)."""
+    m = g.abs().amax(1, keepdim=True)                            # [B, 1]
+    g = g / torch.where(m > 0, m, torch.ones_like(m))            # max |g_j| = 1 (or a 0 row)
+    return g / g.norm(dim=1, keepdim=True).clamp(min=1.0)
+
+
+def _flip_any_anchor(head, z, g, p, A, eps):
+    """[B] bool: does head(z_mix) != p for some anchor? The authors' formula, one pass per anchor."""
+    gs = _unit(g)                                                # g / ||g||, [B, d]
+    hit = torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
+    for a in A:
+        dz = a - z                                               # a - z, [B, d]
+        # alpha = eps * ||a - z|| / ||g|| * g / (a - z + 1e-8)   (AlphaMix, closed form)
+        # not clamped to [0, cap]: the authors clamp only their sampled / learned alpha
+        alpha = (eps * dz.norm(dim=1, keepdim=True)) * gs / (dz + 1e-8)
+        z_mix = (1 - alpha) * z + alpha * a                      # [B, d]
+        hit |= head(z_mix).argmax(1) != p
+    return hit
+
+
+def _flip_time_linear(head, z, g, p):
+    """[B] t*: for a linear head h, argmax h(z + t g/||g||) = p exactly for 0 <= t <= t*.
+
+    The closed form gives alpha * (a - z) = eps ||a - z|| g / ||g||, up to the 1e-8 guard (it
+    changes coordinate j of the step by a relative 1e-8 / |a_j - z_j|, i.e. nothing unless a_j
+    and z_j nearly coincide). So h(z_mix) = h(z) + t v with t = eps ||a - z||, v = W g / ||g||,
+    and class k overtakes p at t = (h_p - h_k) / (v_k - v_p) if v_k > v_p. A sample is thus a
+    candidate iff eps * max_a ||a - z|| > t*: no head pass per anchor and cap.
+    """
+    h = head(z)                                                  # [B, C]
+    v = _unit(g) @ head.weight.T                                 # [B, C]
+    hp, vp = h.gather(1, p[:, None]), v.gather(1, p[:, None])   # [B, 1]
+    dv = v - vp
+    t = torch.where(dv > 0, (hp - h) / dv.clamp(min=1e-30), torch.full_like(h, math.inf))
+    return t.min(1).values                                       # [B], inf: never flips
+
+
+def alphamix_candidates(feats_lb, labels_lb, feats_pool, head, budget, alpha_cap=0.2,
+                        num_classes=None, chunk=4096):
+    """[N] bool: pool samples whose prediction changes when mixed towards some class anchor."""
     z_all = feats_pool                                           # [N, d]
     N, d = z_all.shape
-    _check_budget(budget, N)
-    if budget == 0:
-        return np.zeros(0, dtype=np.int64)
     if len(feats_lb) == 0:
         raise ValueError("alphamix needs at least one labeled feature for its anchors")
     dev = z_all.device
@@ -102,57 +148,61 @@ def alphamix(feats_lb, labels_lb, feats_pool, head, budget, alpha_cap=0.2, seed=
     try:
         with torch.no_grad():
             C = num_classes or head(z_all[:1]).shape[1]
-            # anchors: per-class mean of labeled features; an empty class uses the mean of all
-            zl, yl = feats_lb.to(dev, z_all.dtype), labels_lb.to(dev).long()
-            M = max(C, int(yl.max()) + 1)                        # tolerate labels >= C
-            cnt = torch.bincount(yl, minlength=M)[:C].to(zl.dtype)  # [C]
-            A = torch.zeros(M, d, dtype=zl.dtype, device=dev).index_add_(0, yl, zl)[:C]
-            A = torch.where(cnt[:, None] > 0, A / cnt.clamp(min=1)[:, None], zl.mean(0))  # [C, d]
+            A = class_anchors(feats_lb.to(dev, z_all.dtype), labels_lb, C)  # [C, d]
             pred = _argmax(head, z_all, chunk)                   # [N]
         # g = d CE(head(z), pred) / dz per sample. The authors average the loss over the
-        # pool; the scale cancels in alpha below, so a sum gives the same alpha.
+        # pool; only g / ||g|| enters alpha, so a sum gives the same alpha.
         g_all = torch.empty_like(z_all)                          # [N, d]
         with torch.enable_grad():
             for r in _rows(N, chunk):
                 z = z_all[r].detach().requires_grad_(True)
                 loss = F.cross_entropy(head(z), pred[r], reduction="sum")
                 g_all[r] = torch.autograd.grad(loss, z)[0]
-        gn_all = g_all.norm(dim=1, keepdim=True)                 # [N, 1]
 
-        cand = torch.zeros(N, dtype=torch.bool, device=dev)
-        steps = max(1, math.ceil(1.0 / alpha_cap - 1e-9))
+        linear = isinstance(head, torch.nn.Linear)
         with torch.no_grad():
+            if linear:  # O(N*C*d) once instead of C head passes per cap (see _flip_time_linear)
+                tstar = torch.cat([_flip_time_linear(head, z_all[r], g_all[r], pred[r])
+                                   for r in _rows(N, chunk)])    # [N]
+                a2 = (A * A).sum(1)                              # [C]
+                rmax = torch.cat([(a2 - 2 * z_all[r] @ A.T).amax(1) + (z_all[r] ** 2).sum(1)
+                                  for r in _rows(N, chunk)]).clamp(min=0).sqrt()  # max_a ||a - z||, [N]
+            cand = torch.zeros(N, dtype=torch.bool, device=dev)
+            steps = max(1, math.ceil(1.0 / alpha_cap - 1e-9))
             for step in range(1, steps + 1):
-                # grow the cap by alpha_cap per round. The authors allow a last cap above 1
-                # when 1/alpha_cap is not an integer; we cap it at 1.
+                # grow the cap by alpha_cap per round and keep the union; the authors can end above
+                # 1 when 1/alpha_cap is not an integer, we stop at 1
                 cap = min(step * alpha_cap, 1.0)
                 eps = cap / math.sqrt(d)                         # eps = cap / sqrt(d)
-                for r in _rows(N, chunk):
-                    z, g, p = z_all[r], g_all[r], pred[r]        # [B, d], [B, d], [B]
-                    # a zero gradient (saturated softmax) would give 0/0 = NaN; such a sample
-                    # gets alpha = 0 instead (not a candidate) -- the authors' code has no guard.
-                    gs = g / gn_all[r].clamp(min=1e-30)          # g / ||g||
-                    hit = torch.zeros(z.shape[0], dtype=torch.bool, device=dev)
-                    for a in A:
-                        dz = a - z                               # a - z, [B, d]
-                        # alpha = eps * ||a - z|| / ||g|| * g / (a - z + 1e-8)   (AlphaMix eq. closed form)
-                        # not clamped to [0, cap]: the authors clamp only their sampled/learned alpha
-                        alpha = (eps * dz.norm(dim=1, keepdim=True)) * gs / (dz + 1e-8)
-                        z_mix = (1 - alpha) * z + alpha * a      # [B, d]
-                        hit |= head(z_mix).argmax(1) != p
-                    cand[r] |= hit
+                if linear:
+                    cand |= eps * rmax > tstar
+                else:
+                    for r in _rows(N, chunk):
+                        cand[r] |= _flip_any_anchor(head, z_all[r], g_all[r], pred[r], A, eps)
                 # the authors stop once the candidates outnumber the budget (strictly)
                 if int(cand.sum()) > budget:
                     break
     finally:
         head.train(was_training)
+    return cand
 
+
+def alphamix(feats_lb, labels_lb, feats_pool, head, budget, alpha_cap=0.2, seed=0,
+             num_classes=None, chunk=4096):
+    N = feats_pool.shape[0]
+    _check_budget(budget, N)
+    if budget == 0:
+        return np.zeros(0, dtype=np.int64)
+    cand = alphamix_candidates(feats_lb, labels_lb, feats_pool, head, budget, alpha_cap,
+                               num_classes, chunk)               # [N] bool
     ci = torch.nonzero(cand).flatten().cpu().numpy()            # candidate pool indices
     if len(ci) <= budget:
         picked = ci  # KMeans with one cluster per candidate returns every candidate
     else:
-        # KMeans on L2-normalised candidate features; keep the member nearest each centre
-        f = F.normalize(z_all[cand].float(), dim=1).cpu().numpy()  # [M, d]
+        # KMeans on L2-normalised candidate features; keep the member nearest each centre.
+        # n_init=1 (today's sklearn default for k-means++); the authors' sklearn 0.23 ran 10 inits,
+        # 10x the cost for a marginally lower inertia.
+        f = F.normalize(feats_pool[cand].float(), dim=1).cpu().numpy()  # [M, d]
         km = KMeans(n_clusters=budget, n_init=1, random_state=seed).fit(f)
         lab = km.predict(f)
         dist = ((f - km.cluster_centers_[lab]) ** 2).sum(1)
@@ -191,11 +241,8 @@ def activeft(feats_pool, budget, iters=300, lr=1e-3, temperature=0.07, balance=1
         # pools above max_batch: a random subset per iteration (their ImageNet script)
         f = f_all if N <= max_batch else f_all[torch.randperm(N, generator=gen)[:max_batch].to(dev)]
         cn = F.normalize(c, dim=1)                               # centres re-normalised each step
-        with torch.no_grad():
-            k = (f @ cn.T).argmax(1)                             # nearest centre k* per sample, [n]
-        # s = f . c_k* / tau (ActiveFT eq. 6). Recomputed only for k* with autograd: same value and
-        # gradient as their max over the full [n, K] product, but O(n*d) backward instead of a matmul.
-        s = (f * cn[k]).sum(1) / tau                             # [n]
+        # s = f . c_k* / tau with k* the nearest (most similar) centre   (ActiveFT eq. 6)
+        s, k = (f @ cn.T / tau).max(1)                           # [n], [n]
         # S_k = sum_j exp(sg(c_j) . c_k / tau), j = k included, one side detached (as their code)
         logS = torch.logsumexp(cn.detach() @ cn.T / tau, dim=0)  # [K]
         # loss = -mean(s - log(exp(s) + balance * S_k*)), in log-space for stability
@@ -204,18 +251,23 @@ def activeft(feats_pool, budget, iters=300, lr=1e-3, temperature=0.07, balance=1
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    # map centres to samples in index order, each taking its most similar sample not taken yet
-    with torch.no_grad():
-        cn = F.normalize(c.detach(), dim=1)
-        taken = []
-        for r in _rows(budget, chunk):
-            sim = cn[r] @ f_all.T                                # [b, N]
-            for row in sim:
-                if taken:
-                    row[torch.as_tensor(taken, device=dev)] = -math.inf
-                taken.append(int(row.argmax()))
-    out = np.asarray(taken, dtype=np.int64)
+    out = match_centres(c.detach(), f_all, chunk)
     return (out, losses) if return_loss else out
+
+
+@torch.no_grad()
+def match_centres(c, f, chunk=256):
+    """Centres c [K, d] in index order each take their most cosine-similar row of f [N, d]
+    not taken yet, so the K indices are unique even when centres coincide."""
+    cn, fn = F.normalize(c, dim=1), F.normalize(f, dim=1)
+    taken = []
+    for r in _rows(cn.shape[0], chunk):
+        sim = cn[r] @ fn.T                                       # [b, N]
+        for row in sim:
+            if taken:
+                row[torch.as_tensor(taken, device=f.device)] = -math.inf
+            taken.append(int(row.argmax()))
+    return np.asarray(taken, dtype=np.int64)
 
 
 # -----------------------------------------------------------------------------
@@ -246,7 +298,8 @@ def noise_deviations(model, pool_loader, num_sampling=30, noise_scale=1e-3, seed
     Copy s draws, for every weight w in module order, xi = torch.randn(w.shape) from one CPU
     generator seeded with `seed`, rescaled so that ||xi||_F = noise_scale * ||w||_F. Weights are
     perturbed in place and restored bitwise (also on error). Memory: the result holds
-    N * num_sampling * C float32 values, e.g. 50k x 30 x 100 -> 600 MB.
+    N * num_sampling * C float32 values, e.g. 50k x 30 x 100 -> 600 MB (kept in float32:
+    float16 would halve it but rounds at a relative 5e-4, enough to reorder close k-center picks).
     """
     dev = next(model.parameters()).device
     was_training = model.training

@@ -48,15 +48,15 @@ ARCHS = {
 # CIFAR-100 / TinyImageNet follow USB's FreeMatch ViT config for CIFAR-100 (AdamW, lr 5e-4, layer decay 0.5,
 # weight decay 5e-4, batch 8, uratio 1, 204,800 iterations with 5,120 warm-up). digits is CPU-sized.
 PRESETS = {
-    "digits": dict(model="vit_tiny_digits", budget=10, iters=600, batch_size=16, uratio=3, lr=1e-3,
-                   weight_decay=5e-4, layer_decay=None, warmup=30, ema_p=0.9),
+    "digits": dict(model="vit_tiny_digits", budget=10, iters=1500, batch_size=16, uratio=3, lr=1e-3,
+                   weight_decay=5e-4, layer_decay=None, warmup=75, ema_p=0.9),
     "cifar100": dict(model="vit_small_patch2_32", budget=100, iters=204800, batch_size=8, uratio=1, lr=5e-4,
                      weight_decay=5e-4, layer_decay=0.5, warmup=5120, ema_p=0.999),
     "tinyimagenet": dict(model="vit_small_patch4_64", budget=200, iters=204800, batch_size=8, uratio=1, lr=5e-4,
                          weight_decay=5e-4, layer_decay=0.5, warmup=5120, ema_p=0.999),
 }
 # FreeMatch's EMA momentum ema_p sets how many steps its thresholds average over (1 / (1 - ema_p)): 1,000 of
-# USB's 204,800 iterations. At digits' 600 iterations 0.999 would keep the thresholds near their initial 1/C for
+# USB's 204,800 iterations. At digits' 1,500 iterations 0.999 would keep the thresholds near their initial 1/C for
 # the whole run (every pseudo-label passes; measured: FreeMatch below supervised); 0.9 averages over 10 steps.
 
 
@@ -89,13 +89,13 @@ def get_args(argv=None):
     a("--weights", help="a local state dict to start from (timm format, or a {'model': state} checkpoint such as "
                         "USB's vit_small_patch2_32_mlp_im_1k_32.pth); the classifier head is dropped")
     # optimisation
-    a("--iters", type=int, help="training iterations per round. Preset: digits 600, others 204800")
+    a("--iters", type=int, help="training iterations per round. Preset: digits 1500, others 204800")
     a("--batch-size", type=int, help="labeled batch B. Preset: digits 16, others 8")
     a("--uratio", type=int, help="unlabeled batch = uratio * B. Preset: digits 3, others 1")
     a("--lr", type=float, help="AdamW learning rate, cosine decay. Preset: digits 1e-3, others 5e-4")
     a("--weight-decay", type=float, help="AdamW weight decay. Preset: 5e-4")
     a("--layer-decay", type=float, help="layer-wise lr decay (timm). Preset: digits none, others 0.5")
-    a("--warmup", type=int, help="linear warm-up iterations. Preset: digits 30, others 5120")
+    a("--warmup", type=int, help="linear warm-up iterations. Preset: digits 75, others 5120")
     # run
     a("--seed", type=int, default=0, help="seed of the initial labeled set, the weights and the data order")
     a("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
@@ -104,6 +104,9 @@ def get_args(argv=None):
     a("--name", help="run name (default: built from the flags)")
     a("--reuse", action=argparse.BooleanOptionalAction, default=True,
       help="reuse a round-0 model trained with the same flags (it does not depend on --al)")
+    a("--skip-existing", action="store_true", help="do nothing if <out>/<name>.json exists (resumable grids)")
+    a("--save-features", action="store_true", help="also write <out>/<name>.features.npz: the final model's "
+                                                   "features and labels of the unlabeled pool (for the t-SNE of Fig. 3)")
     args = p.parse_args(argv)
     for k, v in PRESETS[args.dataset].items():
         if getattr(args, k) is None:
@@ -276,9 +279,12 @@ def run_model(model, dataset, args, batch_size=256):
 
 
 def test_accuracy(model, data, args):
+    """Top-1 accuracy on the test set, and the histogram of predicted classes (a collapse shows there)."""
     _, logits = run_model(model, D.Views(data.x_te, data.y_te, np.arange(len(data.y_te)),
                                          {"plain": data.views["plain"]}), args)
-    return (logits.argmax(1).cpu() == torch.as_tensor(data.y_te)).float().mean().item()
+    pred = logits.argmax(1).cpu()
+    acc = (pred == torch.as_tensor(data.y_te)).float().mean().item()
+    return acc, torch.bincount(pred, minlength=data.num_classes).tolist()
 
 
 class InputsOnly:
@@ -292,18 +298,21 @@ class InputsOnly:
             yield (b["weak"],)
 
 
+def weak_view_set(data, indices, args, rnd):
+    """Training images `indices` under one weak view each, fixed by (seed, round, image): what selection reads."""
+    return D.Views(data.x_tr, data.y_tr, indices, {"weak": data.views["weak"]}, view_seed=args.seed * 100 + rnd)
+
+
 def select(args, data, model, labeled, rnd):
     """Features of the labeled set and of the pool under one fixed weak view per sample, then the AL strategy.
     Returns the selected dataset indices and the feature / select wall times."""
     pool = D.pool_of(len(data.y_tr), labeled)
     if args.budget > len(pool):
         raise D.DataError(f"--budget {args.budget} is larger than the {len(pool)} images left in the pool")
-    weak = {"weak": data.views["weak"]}
-    view_seed = args.seed * 100 + rnd
     t0 = time.time()
-    pool_set = D.Views(data.x_tr, data.y_tr, pool, weak, view_seed=view_seed)
-    feats_lb, _ = run_model(model, D.Views(data.x_tr, data.y_tr, labeled, weak, view_seed=view_seed), args)
-    feats_pool, _ = run_model(model, pool_set, args)
+    pool_set = weak_view_set(data, pool, args, rnd)
+    feats_lb, _ = run_model(model, weak_view_set(data, labeled, args, rnd), args)  # [N_l, d]
+    feats_pool, _ = run_model(model, pool_set, args)  # [N_p, d]
     t1 = time.time()
     ctx = dict(feats_lb=feats_lb, labels_lb=torch.as_tensor(data.y_tr[labeled], device=feats_lb.device),
                feats_pool=feats_pool, head=model.get_classifier(), model=model,
@@ -365,6 +374,10 @@ def train_round(args, data, labeled, rnd):
 
 def main(argv=None):
     args = get_args(argv)
+    path = os.path.join(args.out, f"{args.name}.json")
+    if args.skip_existing and os.path.isfile(path):
+        print(f"{path} exists: skipped")
+        return json.load(open(path))
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     data = D.Data(args.dataset, args.data_dir, args.download)
@@ -375,11 +388,12 @@ def main(argv=None):
     t_start = time.time()
     for rnd in range(args.rounds):
         model, stats, t_train = train_round(args, data, labeled, rnd)
-        acc = test_accuracy(model, data, args)
+        acc, pred_hist = test_accuracy(model, data, args)
         sel, t_feat, t_sel = select(args, data, model, labeled, rnd)
         assert len(np.unique(sel)) == args.budget and not np.isin(sel, labeled).any()
         res["rounds"].append({
-            "round": rnd, "num_labeled": len(labeled), "test_acc": acc, "train_stats": stats,
+            "round": rnd, "num_labeled": len(labeled), "test_acc": acc, "test_pred_hist": pred_hist,
+            "train_stats": stats,
             "selected": sel.tolist(),
             "selected_hist": np.bincount(data.y_tr[sel], minlength=data.num_classes).tolist(),
             "time_train": t_train, "time_features": t_feat, "time_select": t_sel})
@@ -389,10 +403,15 @@ def main(argv=None):
     t0 = time.time()
     model, algo, queues, stats = train(args, data, labeled, desc=f"final train ({len(labeled)} labels)")
     t_final = time.time() - t0
-    acc = test_accuracy(model, data, args)
-    res.update(final={"num_labeled": len(labeled), "test_acc": acc, "train_stats": stats, "time_train": t_final},
+    acc, pred_hist = test_accuracy(model, data, args)
+    res.update(final={"num_labeled": len(labeled), "test_acc": acc, "test_pred_hist": pred_hist,
+                      "train_stats": stats, "time_train": t_final},
                final_acc=acc, time_total=time.time() - t_start)
-    path = os.path.join(args.out, f"{args.name}.json")
+    if args.save_features:  # Fig. 3: final-model features of the images still unlabeled, one weak view each
+        pool = D.pool_of(len(data.y_tr), labeled)
+        z, _ = run_model(model, weak_view_set(data, pool, args, args.rounds), args)
+        np.savez_compressed(os.path.join(args.out, f"{args.name}.features.npz"), feats=z.cpu().numpy(),
+                            labels=data.y_tr[pool], idx=pool)
     atomic_save(res, path, as_json=True)
     print(f"final: {len(labeled)} labels, test accuracy {acc:.4f} ({100 * acc:.2f}%); wrote {path}")
     return res

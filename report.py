@@ -1,0 +1,192 @@
+"""Tables and figures of the paper from ssal.py result files.
+
+    python report.py --runs results/runs --out results          # Table 1, Table 2 (Markdown), Fig. 2 (PNG)
+    python report.py --runs results/runs --out results --fig3 A.features.npz B.features.npz
+
+Each cell is mean +- std over the seeds found (n shown when it is not 3), with the paper's number beside it
+where the paper has that cell. A cell with no result file is shown as "missing", never filled in.
+"""
+import argparse
+import glob
+import json
+import os
+from collections import defaultdict
+
+import numpy as np
+
+SELECTORS = ("random", "coreset", "alphamix", "activeft", "noise")
+HEAD = ("Random", "CoreSet", "AlpMix", "ActFT", "Noise")
+
+# The paper's Table 1 (accuracy %, mean of 3 trials): rows Supervised, FixMatch, +FA, FreeMatch, +FA;
+# columns Random, CoreSet, AlpMix, ActFT, Noise (None: no cell in the paper).
+PAPER_T1 = {
+    ("cifar100", 100): [[38.22, 37.94, 39.35, 37.37, 36.43], [43.83, 42.73, 46.84, 49.61, 41.92],
+                        [None, 43.12, 47.02, 51.58, 44.21], [52.71, 56.43, 51.43, 53.65, 52.28],
+                        [None, 59.57, 62.51, 64.39, 57.25]],
+    ("cifar100", 200): [[53.21, 52.62, 57.75, 63.82, 53.23], [63.70, 63.73, 66.29, 68.34, 61.10],
+                        [None, 65.12, 70.58, 68.64, 62.91], [71.96, 72.55, 73.70, 74.64, 70.97],
+                        [None, 76.68, 77.23, 76.15, 74.62]],
+    ("tinyimagenet", 200): [[28.33, 27.24, 28.47, 29.29, 29.17], [39.08, 37.99, 38.51, 39.46, 38.24],
+                            [None, 39.51, 40.82, 39.97, 40.04], [38.03, 39.06, 38.36, 39.56, 38.02],
+                            [None, 40.45, 40.44, 40.64, 41.41]],
+    ("tinyimagenet", 400): [[42.56, 41.96, 42.51, 43.01, 43.03], [50.76, 50.97, 51.34, 51.47, 50.80],
+                            [None, 51.48, 52.54, 51.71, 51.72], [51.55, 51.34, 52.07, 52.13, 52.70],
+                            [None, 51.92, 52.98, 53.07, 53.22]],
+}
+# Table 2 (FreeMatch, CIFAR-100 #100): rows FreeMatch, + L_s, + L_s + L_c; columns CoreSet, AlpMix, ActFT, Noise.
+PAPER_T2 = [[56.43, 51.43, 53.65, 52.28], [58.72, 61.02, 63.28, 56.81], [59.57, 62.51, 64.39, 57.25]]
+
+
+def load_runs(folder):
+    """{(dataset, budget, ssl, variant, al): [final accuracy % per seed]}; variant = 'none' or
+    'fa_s<lambda_s>_c<lambda_c>_T<T>'. Only the paper's protocol of one query round is read."""
+    cells = defaultdict(list)
+    for f in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        r = json.load(open(f))
+        c = r.get("config", {})
+        if "final_acc" not in r or c.get("rounds") != 1:
+            continue
+        variant = f"fa_s{c['lambda_s']:g}_c{c['lambda_c']:g}_T{c['queue_len']}" if c["fa"] else "none"
+        cells[(c["dataset"], c["budget"], c["ssl"], variant, c["al"])].append(100 * r["final_acc"])
+    return cells
+
+
+def fmt(v, paper=None):
+    if not v:
+        s = "missing"
+    else:
+        s = f"{np.mean(v):.2f} ± {np.std(v):.2f}" + ("" if len(v) == 3 else f" (n={len(v)})")
+    return s if paper is None else f"{s} [{paper:.2f}]"
+
+
+def avg(cells, keys):
+    """Mean over the four non-random selectors of their seed means; None if any is missing."""
+    vals = [np.mean(cells[k]) for k in keys if cells.get(k)]
+    return float(np.mean(vals)) if len(vals) == len(keys) else None
+
+
+def table1(cells, settings, fa_variant):
+    lines = ["| Setting | Method | " + " | ".join(HEAD) + " | Avg |", "|---" * (len(HEAD) + 3) + "|"]
+    for ds, b in settings:
+        paper = PAPER_T1.get((ds, b))
+        sup = [(ds, b, "supervised", "none", al) for al in SELECTORS]
+        sup_avg = avg(cells, sup[1:])
+        rows = [("Supervised", sup, 0)]
+        for k, ssl in ((1, "fixmatch"), (3, "freematch")):
+            rows += [("FixMatch" if k == 1 else "FreeMatch", [(ds, b, ssl, "none", al) for al in SELECTORS], k),
+                     ("+ FA", [(ds, b, ssl, fa_variant, al) for al in SELECTORS], k + 1)]
+            if k == 1:
+                rows.append(("Supervised", sup, 0))
+        for name, keys, pk in rows:
+            out = []
+            for j, key in enumerate(keys):
+                if name == "+ FA" and j == 0:
+                    out.append("-")  # the paper has no Random column with FA
+                    continue
+                out.append(fmt(cells.get(key), paper[pk][j] if paper else None))
+            a = avg(cells, keys[1:])
+            gain = "(-)" if name == "Supervised" else ("" if a is None or sup_avg is None else f"({a - sup_avg:+.2f})")
+            pa = np.mean(paper[pk][1:]) if paper else None
+            a_s = "missing" if a is None else f"{a:.2f} {gain}"
+            lines.append(f"| {ds} #{b} | {name} | " + " | ".join(out) + f" | {a_s}" +
+                         (f" [{pa:.2f}]" if pa is not None else "") + " |")
+    return "\n".join(lines)
+
+
+def table2(cells, setting, fa_variant, ls_variant):
+    ds, b = setting
+    paper = PAPER_T2 if setting == ("cifar100", 100) else None
+    lines = ["| Method | " + " | ".join(HEAD[1:]) + " |", "|---" * (len(HEAD)) + "|"]
+    for i, (name, var) in enumerate((("FreeMatch", "none"), ("+ L_s", ls_variant), ("+ L_s + L_c", fa_variant))):
+        row = [fmt(cells.get((ds, b, "freematch", var, al)), paper[i][j] if paper else None)
+               for j, al in enumerate(SELECTORS[1:])]
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def fig2(cells, setting, path, lambda_s=1.0, lambda_c=0.01):
+    """Accuracy vs queue length T, one line per selector (FreeMatch + FA)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ds, b = setting
+    Ts = sorted({int(k[3].split("_T")[1]) for k in cells if k[:3] == (ds, b, "freematch") and k[3] != "none"})
+    if not Ts:
+        return False
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for al, name in zip(SELECTORS[1:], HEAD[1:]):
+        pts = [(T, np.mean(cells[(ds, b, "freematch", f"fa_s{lambda_s:g}_c{lambda_c:g}_T{T}", al)]))
+               for T in Ts if cells.get((ds, b, "freematch", f"fa_s{lambda_s:g}_c{lambda_c:g}_T{T}", al))]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=name)
+    ax.set(xlabel="T (strong views per labeled sample in Q_s)", ylabel="accuracy (%)", title=f"{ds} #{b}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def fig3(with_ls, without_ls, path, num_classes=30, highlight=5, seed=0):
+    """t-SNE of unlabeled-pool features of the first `num_classes` classes, `highlight` of them in colour,
+    with (left) and without (right) L_s."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    rng = np.random.default_rng(seed)
+    for ax, f, title in zip(axes, (with_ls, without_ls), ("(a) with L_s", "(b) without L_s")):
+        z = np.load(f)
+        keep = z["labels"] < num_classes
+        x, y = z["feats"][keep], z["labels"][keep]
+        e = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30, len(x) - 1)).fit_transform(x)
+        hi = rng.choice(np.unique(y), min(highlight, len(np.unique(y))), replace=False) if title[1] == "a" else hi
+        grey = ~np.isin(y, hi)
+        ax.scatter(e[grey, 0], e[grey, 1], s=3, c="lightgrey")
+        for c in hi:
+            ax.scatter(e[y == c, 0], e[y == c, 1], s=5, label=f"class {c}")
+        ax.set(title=title, xticks=[], yticks=[])
+    axes[0].legend(markerscale=3, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Tables 1-2 and Figs. 2-3 from ssal.py result files.")
+    p.add_argument("--runs", default="results/runs", help="folder of ssal.py result .json files")
+    p.add_argument("--out", default="results", help="where tables.md and the figures go")
+    p.add_argument("--settings", help="dataset:budget list for Table 1, e.g. 'digits:10 digits:20' "
+                                      "(default: every setting found)")
+    p.add_argument("--lambda-s", type=float, default=1.0, help="FA weight of the runs to tabulate")
+    p.add_argument("--lambda-c", type=float, default=0.01, help="FA weight of the runs to tabulate")
+    p.add_argument("--queue-len", type=int, default=10, help="T of the runs to tabulate")
+    p.add_argument("--fig3", nargs=2, metavar=("WITH_LS", "WITHOUT_LS"), help="two .features.npz files")
+    args = p.parse_args(argv)
+    cells = load_runs(args.runs)
+    os.makedirs(args.out, exist_ok=True)
+    found = sorted({k[:2] for k in cells})
+    settings = [(s.split(":")[0], int(s.split(":")[1])) for s in args.settings.split()] if args.settings else found
+    fa_v = f"fa_s{args.lambda_s:g}_c{args.lambda_c:g}_T{args.queue_len}"
+    ls_v = f"fa_s{args.lambda_s:g}_c0_T{args.queue_len}"
+    md = ["# Results", "", f"Accuracy (%) after one query round, mean ± std over seeds; [paper's value]. "
+          f"Avg: mean of the four non-random selectors, (gain over Supervised). FA: lambda_s={args.lambda_s:g}, "
+          f"lambda_c={args.lambda_c:g}, T={args.queue_len}.", "", "## Table 1", "", table1(cells, settings, fa_v)]
+    for s in settings:
+        if any(k[:3] == (*s, "freematch") and k[3] == ls_v for k in cells):
+            md += ["", f"## Table 2 ({s[0]} #{s[1]}, FreeMatch)", "", table2(cells, s, fa_v, ls_v)]
+        if fig2(cells, s, os.path.join(args.out, f"fig2_{s[0]}_{s[1]}.png"), args.lambda_s, args.lambda_c):
+            md += ["", f"Fig. 2: fig2_{s[0]}_{s[1]}.png"]
+    if args.fig3:
+        fig3(*args.fig3, os.path.join(args.out, "fig3.png"))
+        md += ["", "Fig. 3: fig3.png"]
+    path = os.path.join(args.out, "tables.md")
+    with open(path, "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# The experiment grids of the paper, one ssal.py run per cell and seed; then `python report.py` makes the tables.
+#
+#   bash run_experiment.sh table1     # Table 1: settings x {supervised, fixmatch(+FA), freematch(+FA)} x 5 selectors
+#   bash run_experiment.sh table2     # Table 2: FreeMatch, CIFAR-100 #100: none / +L_s / +L_s+L_c, 4 selectors
+#   bash run_experiment.sh fig2       # Fig. 2: FreeMatch + FA, CIFAR-100 #100, T in 1 2 5 10 15 20, 4 selectors
+#
+# Knobs (environment variables):
+#   PRESET=paper|digits   paper: CIFAR-100 / TinyImageNet as in the paper; digits: the same grid shape on the
+#                         embedded dataset (#10 and #20 stand for #100 / #200 and #200 / #400), CPU-sized
+#   DATASETS="cifar100:100 tinyimagenet:200"   settings as dataset:budget (default: the grid's own)
+#   SEEDS="0 1 2"         trials (the paper averages 3)
+#   SELECTORS="random coreset alphamix activeft noise"
+#   ITERS=N               training iterations per round (default: the dataset preset of ssal.py)
+#   GPUS="0 1 2 3"        run one job per GPU in parallel (CUDA_VISIBLE_DEVICES); unset: one after another
+#   DRY_RUN=1             print the commands (and their count) instead of running them
+#   SLURM=1               write $OUT/<grid>.sbatch, an sbatch array with one task per run, instead of running
+#   OUT=results/runs      where the result files and round-0 checkpoints go
+#   EXTRA="--weights vit_small_patch2_32_mlp_im_1k_32.pth"   flags added to every run
+#
+# Resumable: a run whose result file exists is skipped (ssal.py --skip-existing), and the round-0 model of a
+# setting is trained once and shared by its selectors (ssal.py keys it by every flag it depends on).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+GRID=${1:-table1}
+PRESET=${PRESET:-paper}
+SEEDS=${SEEDS:-0 1 2}
+SELECTORS=${SELECTORS:-random coreset alphamix activeft noise}
+OUT=${OUT:-results/runs}
+EXTRA=${EXTRA:-}
+PY=${PYTHON:-python}
+
+if [ "$PRESET" = digits ]; then
+  SETTINGS_T1="digits:10 digits:20"; SETTING_100="digits:10"
+elif [ "$PRESET" = paper ]; then
+  SETTINGS_T1="cifar100:100 cifar100:200 tinyimagenet:200 tinyimagenet:400"; SETTING_100="cifar100:100"
+else
+  echo "error: PRESET must be paper or digits, not '$PRESET'" >&2; exit 2
+fi
+
+RUNS=()   # one command line per run; runs of one setting are adjacent so that they share a GPU worker
+add() { RUNS+=("$PY ssal.py $* --out $OUT --skip-existing ${ITERS:+--iters $ITERS} $EXTRA"); }
+not_random() { for al in $SELECTORS; do [ "$al" = random ] || echo "$al"; done; }
+
+case "$GRID" in
+  table1)
+    for s in ${DATASETS:-$SETTINGS_T1}; do ds=${s%%:*}; b=${s##*:}
+      for seed in $SEEDS; do
+        for ssl in supervised fixmatch freematch; do
+          for al in $SELECTORS; do add --dataset "$ds" --budget "$b" --ssl $ssl --al "$al" --seed "$seed"; done
+          # the "+ FA" rows: SSL algorithms only, and no Random column (as in Table 1)
+          if [ $ssl != supervised ]; then
+            for al in $(not_random); do add --dataset "$ds" --budget "$b" --ssl $ssl --fa --al "$al" --seed "$seed"; done
+          fi
+        done
+      done
+    done ;;
+  table2)
+    for s in ${DATASETS:-$SETTING_100}; do ds=${s%%:*}; b=${s##*:}
+      for seed in $SEEDS; do
+        for fa in "" "--fa --lambda-c 0" "--fa"; do   # FreeMatch / + L_s / + L_s + L_c
+          for al in $(not_random); do add --dataset "$ds" --budget "$b" --ssl freematch $fa --al "$al" --seed "$seed"; done
+        done
+      done
+    done ;;
+  fig2)
+    for s in ${DATASETS:-$SETTING_100}; do ds=${s%%:*}; b=${s##*:}
+      for seed in $SEEDS; do
+        for T in 1 2 5 10 15 20; do
+          for al in $(not_random); do add --dataset "$ds" --budget "$b" --ssl freematch --fa --queue-len $T --al "$al" --seed "$seed"; done
+        done
+      done
+    done ;;
+  *) echo "error: unknown grid '$GRID' (use table1, table2 or fig2)" >&2; exit 2 ;;
+esac
+
+N=${#RUNS[@]}
+if [ -n "${DRY_RUN:-}" ]; then
+  printf '%s\n' "${RUNS[@]}"
+  echo "# $GRID: $N runs"
+  exit 0
+fi
+
+mkdir -p "$OUT"
+if [ -n "${SLURM:-}" ]; then
+  printf '%s\n' "${RUNS[@]}" > "$OUT/$GRID.commands"
+  cat > "$OUT/$GRID.sbatch" <<EOF
+#!/usr/bin/env bash
+#SBATCH --job-name=ssal-$GRID
+#SBATCH --array=0-$((N - 1))
+#SBATCH --gres=gpu:1
+#SBATCH --cpus-per-task=8
+#SBATCH --output=$OUT/slurm-%A_%a.log
+# One task per line of $GRID.commands. Tasks of one setting may train its round-0 model at the same time;
+# the results stay correct (checkpoints are written atomically), only that training is repeated.
+cd "$PWD"
+eval "\$(sed -n "\$((SLURM_ARRAY_TASK_ID + 1))p" "$OUT/$GRID.commands")"
+EOF
+  echo "wrote $OUT/$GRID.sbatch ($N tasks): submit it with sbatch $OUT/$GRID.sbatch"
+  exit 0
+fi
+
+echo "$GRID: $N runs into $OUT"
+if [ -z "${GPUS:-}" ]; then
+  for cmd in "${RUNS[@]}"; do echo "+ $cmd"; eval "$cmd"; done
+else
+  # one worker per GPU; a worker takes whole settings (all selectors of one setting and seed) so that the
+  # setting's round-0 model is trained once, then reused
+  read -ra G <<< "$GPUS"
+  key() { echo "$1" | sed -E 's/--al [a-z]+//'; }
+  declare -A owner=()
+  next=0
+  for i in "${!G[@]}"; do : > "$OUT/.worker$i"; done
+  for cmd in "${RUNS[@]}"; do
+    k=$(key "$cmd")
+    if [ -z "${owner[$k]+x}" ]; then owner[$k]=$next; next=$(( (next + 1) % ${#G[@]} )); fi
+    echo "$cmd" >> "$OUT/.worker${owner[$k]}"
+  done
+  for i in "${!G[@]}"; do
+    ( while IFS= read -r cmd; do echo "+ [gpu ${G[$i]}] $cmd"; CUDA_VISIBLE_DEVICES=${G[$i]} eval "$cmd"; done < "$OUT/.worker$i" ) &
+  done
+  wait
+fi
+echo "done: python report.py --runs $OUT"

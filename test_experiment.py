@@ -1,0 +1,83 @@
+"""Tests of the experiment grid (run_experiment.sh) and the report (report.py)."""
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+import report
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def grid(name, tmp_path, **env):
+    e = dict(os.environ, OUT=str(tmp_path / "runs"), SSAL_NO_BAR="1", **env)
+    p = subprocess.run(["bash", os.path.join(HERE, "run_experiment.sh"), name], capture_output=True, text=True,
+                       env=e, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p.stdout
+
+
+@pytest.mark.parametrize("name, env, n", [
+    ("table1", {}, 4 * 3 * (5 + 5 + 4 + 5 + 4)),           # 4 settings x 3 seeds x 23 cells
+    ("table2", {}, 3 * 3 * 4),                             # 3 variants x 4 selectors x 3 seeds
+    ("fig2", {}, 6 * 4 * 3),                               # 6 values of T x 4 selectors x 3 seeds
+    ("table1", {"PRESET": "digits"}, 2 * 3 * 23),
+    ("table1", {"PRESET": "digits", "SEEDS": "0", "SELECTORS": "random coreset"}, 2 * (2 + 2 + 1 + 2 + 1)),
+])
+def test_dry_run_counts(tmp_path, name, env, n):
+    out = grid(name, tmp_path, DRY_RUN="1", **env)
+    cmds = [l for l in out.splitlines() if l.startswith("python")]
+    assert len(cmds) == n and out.strip().endswith(f"# {name}: {n} runs")
+    assert len(set(cmds)) == n  # no run twice
+    if name == "table1":  # no Random column with FA, and never FA with supervised training
+        assert not [c for c in cmds if "--fa" in c and ("--al random" in c or "supervised" in c)]
+
+
+def test_slurm_writes_an_array_script(tmp_path):
+    out = grid("table2", tmp_path, SLURM="1", SEEDS="0")
+    sb = (tmp_path / "runs" / "table2.sbatch").read_text()
+    assert "#SBATCH --array=0-11" in sb and "sbatch" in out
+    assert len((tmp_path / "runs" / "table2.commands").read_text().splitlines()) == 12
+
+
+def test_digits_grid_end_to_end_and_report(tmp_path):
+    env = dict(PRESET="digits", DATASETS="digits:10", SEEDS="0", SELECTORS="random coreset", ITERS="2",
+               EXTRA="--batch-size 4 --uratio 1")
+    grid("table1", tmp_path, **env)
+    runs = tmp_path / "runs"
+    res = [json.load(open(runs / f)) for f in os.listdir(runs) if f.endswith(".json")]
+    assert len(res) == 8
+    # round 0 is trained once per setting (ssl x fa), not once per selector
+    assert len(os.listdir(runs / "round0")) == 5
+    # resumable: a second pass skips every run
+    again = grid("table1", tmp_path, **env)
+    assert again.count("skipped") == 8
+    report.main(["--runs", str(runs), "--out", str(tmp_path / "rep")])
+    md = (tmp_path / "rep" / "tables.md").read_text()
+    sup = [r for r in res if r["config"]["ssl"] == "supervised" and r["config"]["al"] == "coreset"][0]
+    row = [l for l in md.splitlines() if "| Supervised |" in l][0].split("|")
+    # columns: '', setting, method, Random, CoreSet, AlpMix, ActFT, Noise, Avg
+    assert row[4].strip() == f"{100 * sup['final_acc']:.2f} ± 0.00 (n=1)"  # CoreSet cell, one seed
+    assert row[5].strip() == "missing" and row[6].strip() == "missing"  # AlpMix, ActFT never ran
+    fa_row = [l for l in md.splitlines() if "| + FA |" in l][0].split("|")
+    assert fa_row[3].strip() == "-" and fa_row[8].strip() == "missing"  # no Random with FA; Avg incomplete
+
+
+def test_report_means_and_gain(tmp_path):
+    accs = {("supervised", False): [0.50, 0.52, 0.54], ("freematch", False): [0.70, 0.72, 0.74],
+            ("freematch", True): [0.80, 0.80, 0.83]}
+    for (ssl, fa), vals in accs.items():
+        for al in report.SELECTORS:
+            for seed, a in enumerate(vals):
+                cfg = dict(dataset="cifar100", budget=100, ssl=ssl, fa=fa, lambda_s=1.0, lambda_c=0.01,
+                           queue_len=10, al=al, rounds=1, seed=seed)
+                json.dump({"config": cfg, "final_acc": a}, open(tmp_path / f"{ssl}{fa}{al}{seed}.json", "w"))
+    cells = report.load_runs(str(tmp_path))
+    md = report.table1(cells, [("cifar100", 100)], "fa_s1_c0.01_T10")
+    rows = {l.split("|")[2].strip(): l.split("|") for l in md.splitlines()[2:]}
+    sd = np.std([52.0, 50.0, 54.0])
+    assert rows["Supervised"][3].strip() == f"52.00 ± {sd:.2f} [38.22]"  # paper's Random / Supervised cell
+    assert rows["FreeMatch"][8].strip().startswith("72.00 (+20.00)")
+    assert rows["+ FA"][8].strip().startswith(f"{np.mean([80, 80, 83]):.2f} (+{np.mean([80, 80, 83]) - 52:.2f})")
