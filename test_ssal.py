@@ -126,3 +126,13 @@ def test_features_feed_the_head():
     assert z.shape == (3, model.num_features)
     assert torch.allclose(logits, model(x), atol=1e-5)  # logits = W g(x) (Eq. 14) is the model's output
     assert torch.allclose(logits, z @ model.head.weight.T + model.head.bias, atol=1e-5)
+
+
+@pytest.mark.parametrize("al", ssal.al_strategies.NAMES)
+def test_every_selector_runs_in_the_pipeline(tmp_path, al):
+    run([*TINY, "--fa", "--al", al], tmp_path)
+    res = load_result(tmp_path)
+    sel = res["rounds"][0]["selected"]
+    pool = set(ssal.D.pool_of(1297, ssal.D.initial_split(ssal.D.load_digits_arrays()[1], 10, 10, 0)).tolist())
+    assert len(set(sel)) == 10 and set(sel) <= pool
+    assert res["config"]["al"] == al and res["config"]["fa"] is True
