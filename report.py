@@ -111,7 +111,7 @@ def fig2(cells, setting, path, lambda_s=1.0, lambda_c=0.01):
     import matplotlib.pyplot as plt
     ds, b = setting
     Ts = sorted({int(k[3].split("_T")[1]) for k in cells if k[:3] == (ds, b, "freematch") and k[3] != "none"})
-    if not Ts:
+    if len(Ts) < 2:  # one value of T is no curve
         return False
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for al, name in zip(SELECTORS[1:], HEAD[1:]):

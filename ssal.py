@@ -19,6 +19,8 @@ import sys
 import time
 
 import numpy as np
+import timm
+import timm.optim
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -128,7 +130,6 @@ def get_args(argv=None):
 
 def build_model(args, num_classes, img_size):
     """A timm model with a fresh head for num_classes; same seed -> same initial weights."""
-    import timm
     torch.manual_seed(args.seed)
     name, kw = ARCHS.get(args.model, (args.model, {}))
     if args.model not in ARCHS:
@@ -198,7 +199,6 @@ def train(args, data, labeled, desc="train"):
     dev = torch.device(args.device)
     model = build_model(args, data.num_classes, data.size).to(dev)
     algo = ssl_algos.build_ssl(args.ssl, data.num_classes, args.p_cutoff, args.ema_p, args.ent_loss_ratio)
-    import timm.optim
     opt = timm.optim.create_optimizer_v2(model, "adamw", lr=args.lr, weight_decay=args.weight_decay,
                                          layer_decay=args.layer_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: cosine_lr(it, args.iters, args.warmup))

@@ -285,4 +285,7 @@ def test_noise_restores_weights_and_mode():
 
 def test_noise_zero_scale_still_valid():
     model, loader = noisy_net(), [(torch.randn(10, 5),) for _ in range(2)]
-    check_valid(al.noise_stability(model, loader, 6, noise_scale=0.0), 6, 20)
+    idx = al.noise_stability(model, loader, 6, noise_scale=0.0)
+    check_valid(idx, 6, 20)
+    # no noise, no signal: a seeded uniform draw, as in the authors' code
+    assert np.array_equal(idx, np.random.default_rng(0).choice(20, 6, replace=False))
