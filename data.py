@@ -10,7 +10,6 @@ Every loader returns uint8 images [N, H, W, 3] and int64 labels, in memory. View
     plain          no augmentation (the test set)
 """
 import os
-import tarfile  # noqa: F401  (torchvision's CIFAR download needs it; imported here so a missing module fails early)
 
 import numpy as np
 import torch

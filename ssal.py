@@ -401,7 +401,7 @@ def main(argv=None):
               f"({len(np.unique(data.y_tr[sel]))} classes) in {t_feat:.1f}s features + {t_sel:.1f}s select")
         labeled = np.sort(np.concatenate([labeled, sel]))
     t0 = time.time()
-    model, algo, queues, stats = train(args, data, labeled, desc=f"final train ({len(labeled)} labels)")
+    model, _, _, stats = train(args, data, labeled, desc=f"final train ({len(labeled)} labels)")
     t_final = time.time() - t0
     acc, pred_hist = test_accuracy(model, data, args)
     res.update(final={"num_labeled": len(labeled), "test_acc": acc, "test_pred_hist": pred_hist,
