@@ -9,6 +9,7 @@ where the paper has that cell. A cell with no result file is shown as "missing",
 import argparse
 import glob
 import json
+import math
 import os
 from collections import defaultdict
 
@@ -37,18 +38,22 @@ PAPER_T1 = {
 PAPER_T2 = [[56.43, 51.43, 53.65, 52.28], [58.72, 61.02, 63.28, 56.81], [59.57, 62.51, 64.39, 57.25]]
 
 
-def load_runs(folder):
-    """{(dataset, budget, ssl, variant, al): [final accuracy % per seed]}; variant = 'none' or
-    'fa_s<lambda_s>_c<lambda_c>_T<T>'. Only the paper's protocol of one query round is read."""
-    cells = defaultdict(list)
+def load_runs(folder, by_seed=False):
+    """{(dataset, budget, ssl, variant, al): [final accuracy % per seed, in seed order]}; variant = 'none' or
+    'fa_s<lambda_s>_c<lambda_c>_T<T>'. With by_seed, each value is {seed: accuracy %} instead (for paired
+    comparisons: runs with the same seed share the initial labeled set). Only the paper's protocol of one query
+    round is read."""
+    cells = defaultdict(dict)
     for f in sorted(glob.glob(os.path.join(folder, "*.json"))):
         r = json.load(open(f))
         c = r.get("config", {})
         if "final_acc" not in r or c.get("rounds") != 1:
             continue
         variant = f"fa_s{c['lambda_s']:g}_c{c['lambda_c']:g}_T{c['queue_len']}" if c["fa"] else "none"
-        cells[(c["dataset"], c["budget"], c["ssl"], variant, c["al"])].append(100 * r["final_acc"])
-    return cells
+        cells[(c["dataset"], c["budget"], c["ssl"], variant, c["al"])][c["seed"]] = 100 * r["final_acc"]
+    if by_seed:
+        return dict(cells)
+    return {k: [v[s] for s in sorted(v)] for k, v in cells.items()}
 
 
 def fmt(v, paper=None):
@@ -101,6 +106,63 @@ def table2(cells, setting, fa_variant, ls_variant):
         row = [fmt(cells.get((ds, b, "freematch", var, al)), paper[i][j] if paper else None)
                for j, al in enumerate(SELECTORS[1:])]
         lines.append(f"| {name} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def sign_test(d):
+    """One-sided sign test of paired differences d: P(at least as many positive signs | no effect), ties dropped."""
+    d = np.asarray(d)
+    n, k = int((d != 0).sum()), int((d > 0).sum())
+    return sum(math.comb(n, i) for i in range(k, n + 1)) / 2 ** n if n else 1.0
+
+
+def check(seeded, pairs, every=True):
+    """Does cell a beat cell b for each (a, b) in pairs? Compared on the seeds both cells have (runs with the same
+    seed share the initial labeled set). every=True: each pair's mean gap must be > 0; every=False: the mean over
+    pairs must (an Avg). Returns (verdict, evidence): 'holds' / 'does not hold' / 'missing', and the
+    columns won, the paired per-seed differences and their sign-test p-value."""
+    common = [sorted(set(seeded.get(a, {})) & set(seeded.get(b, {}))) for a, b in pairs]
+    if not all(common):
+        return "missing", "some cells have no runs with a common seed"
+    d = [[seeded[a][s] - seeded[b][s] for s in ss] for (a, b), ss in zip(pairs, common)]  # per pair, per seed
+    gaps = [np.mean(x) for x in d]
+    d = sum(d, [])
+    ok = all(g > 0 for g in gaps) if every else np.mean(gaps) > 0
+    ev = (f"{sum(g > 0 for g in gaps)}/{len(gaps)} columns, mean gap {np.mean(gaps):+.2f}; paired runs: "
+          f"{sum(x > 0 for x in d)}/{len(d)} better, sign-test p = {sign_test(d):.2f}")
+    return ("holds" if ok else "does not hold"), ev
+
+
+def claims(seeded, settings, fa_v, ls_v, lambda_s=1.0, lambda_c=0.01):
+    """The paper's claims (Sec. 4.2-4.4) checked on the runs found ({key: {seed: acc}}): a Markdown table."""
+    lines = ["| Claim | Setting | Here | Evidence |", "|---|---|---|---|"]
+    for ds, b in settings:
+        def row(claim, pairs, every=True):
+            v, e = check(seeded, [((ds, b, *x), (ds, b, *y)) for x, y in pairs], every)
+            lines.append(f"| {claim} | {ds} #{b} | {v} | {e} |")
+
+        for ssl in ("fixmatch", "freematch"):
+            if not any(key[:3] == (ds, b, ssl) for key in seeded):
+                continue
+            S = "FixMatch" if ssl == "fixmatch" else "FreeMatch"
+            row(f"{S} beats Supervised in every column",
+                [((ssl, "none", al), ("supervised", "none", al)) for al in SELECTORS])
+            fa_pairs = [((ssl, fa_v, al), (ssl, "none", al)) for al in SELECTORS[1:]]
+            row(f"{S} + FA beats {S} for every AL selector (Sec. 4.2: 'in all cases')", fa_pairs)
+            row(f"{S} + FA improves the Avg", fa_pairs, every=False)
+            row(f"{S}: every AL selector beats Random (the paper finds it need not)",
+                [((ssl, "none", al), (ssl, "none", "random")) for al in SELECTORS[1:]])
+            row(f"{S} + FA: every AL selector beats {S} with Random",
+                [((ssl, fa_v, al), (ssl, "none", "random")) for al in SELECTORS[1:]])
+        if any(key[:4] == (ds, b, "freematch", ls_v) for key in seeded):
+            row("Table 2: + L_s beats FreeMatch in every column",
+                [(("freematch", ls_v, al), ("freematch", "none", al)) for al in SELECTORS[1:]])
+            row("Table 2: + L_s + L_c beats + L_s on Avg",
+                [(("freematch", fa_v, al), ("freematch", ls_v, al)) for al in SELECTORS[1:]], every=False)
+        t = lambda T: f"fa_s{lambda_s:g}_c{lambda_c:g}_T{T}"  # noqa: E731
+        if any(key[:4] == (ds, b, "freematch", t(1)) for key in seeded):
+            row("Fig. 2: T = 10 beats T = 1 on Avg",
+                [(("freematch", t(10), al), ("freematch", t(1), al)) for al in SELECTORS[1:]], every=False)
     return "\n".join(lines)
 
 
@@ -178,6 +240,12 @@ def main(argv=None):
             md += ["", f"## Table 2 ({s[0]} #{s[1]}, FreeMatch)", "", table2(cells, s, fa_v, ls_v)]
         if fig2(cells, s, os.path.join(args.out, f"fig2_{s[0]}_{s[1]}.png"), args.lambda_s, args.lambda_c):
             md += ["", f"Fig. 2: fig2_{s[0]}_{s[1]}.png"]
+    seeded = load_runs(args.runs, by_seed=True)
+    md += ["", "## The paper's claims on these runs", "", "Here: whether the cell means agree with the claim. "
+           "Evidence: how many columns agree; the paired differences of single runs (same seed = same initial "
+           "labeled set) and a one-sided sign test on them (p: the chance of at least that many wins if the two rows "
+           "were equal). 'holds' with a large p is agreement that seed noise alone could produce.", "",
+           claims(seeded, settings, fa_v, ls_v, args.lambda_s, args.lambda_c)]
     if args.fig3:
         fig3(*args.fig3, os.path.join(args.out, "fig3.png"))
         md += ["", "Fig. 3: fig3.png"]

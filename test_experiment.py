@@ -63,6 +63,9 @@ def test_digits_grid_end_to_end_and_report(tmp_path):
     assert row[5].strip() == "missing" and row[6].strip() == "missing"  # AlpMix, ActFT never ran
     fa_row = [l for l in md.splitlines() if "| + FA |" in l][0].split("|")
     assert fa_row[3].strip() == "-" and fa_row[8].strip() == "missing"  # no Random with FA; Avg incomplete
+    # the claims on two selectors: FA's claims need alphamix etc., which never ran
+    claim = {l.split("|")[1].strip(): l.split("|")[3].strip() for l in md.splitlines() if l.startswith("| Free")}
+    assert claim["FreeMatch + FA improves the Avg"] == "missing"
 
 
 def test_report_means_and_gain(tmp_path):
@@ -81,3 +84,32 @@ def test_report_means_and_gain(tmp_path):
     assert rows["Supervised"][3].strip() == f"52.00 ± {sd:.2f} [38.22]"  # paper's Random / Supervised cell
     assert rows["FreeMatch"][8].strip().startswith("72.00 (+20.00)")
     assert rows["+ FA"][8].strip().startswith(f"{np.mean([80, 80, 83]):.2f} (+{np.mean([80, 80, 83]) - 52:.2f})")
+
+
+def test_sign_test_hand_worked():
+    assert report.sign_test([2.0, 1.0, 3.0]) == 1 / 8  # 3 wins of 3
+    assert report.sign_test([1.0, -1.0, 0.0]) == 3 / 4  # the tie is dropped: P(>= 1 win of 2) = 3/4
+    assert report.sign_test([-1.0, -2.0]) == 1.0
+
+
+def test_claims_compare_on_common_seeds():
+    fa_v, none = "fa_s1_c0.01_T10", "none"
+    key = lambda var, al: ("digits", 10, "freematch", var, al)  # noqa: E731
+    seeded = {key(none, al): {0: 50.0, 1: 60.0} for al in report.SELECTORS}
+    # FA: +10 and +2 on coreset, -4 and +0 on alphamix, +1 (seed 0 only) on activeft and noise
+    seeded[key(fa_v, "coreset")] = {0: 60.0, 1: 62.0}
+    seeded[key(fa_v, "alphamix")] = {0: 46.0, 1: 60.0}
+    seeded[key(fa_v, "activeft")] = {0: 51.0}
+    seeded[key(fa_v, "noise")] = {0: 51.0, 2: 99.0}  # seed 2 has no partner: not compared
+    v, e = report.check(seeded, [(key(fa_v, al), key(none, al)) for al in report.SELECTORS[1:]])
+    # column gaps on common seeds: +6, -2, +1, +1 -> 3/4 columns, mean +1.5; runs: 10, 2, -4, 0, 1, 1 -> 4 of 6
+    assert v == "does not hold" and e.startswith("3/4 columns, mean gap +1.50; paired runs: 4/6 better")
+    p = sum(__import__("math").comb(5, i) for i in (4, 5)) / 2 ** 5  # the tie dropped: >= 4 wins of 5
+    assert e.endswith(f"p = {p:.2f}")
+    v, _ = report.check(seeded, [(key(fa_v, al), key(none, al)) for al in report.SELECTORS[1:]], every=False)
+    assert v == "holds"
+    md = report.claims(seeded, [("digits", 10)], fa_v, "fa_s1_c0_T10")
+    rows = {l.split("|")[1].strip(): l.split("|")[3].strip() for l in md.splitlines()[2:]}
+    assert rows["FreeMatch + FA improves the Avg"] == "holds"
+    assert rows["FreeMatch beats Supervised in every column"] == "missing"  # no supervised runs
+    assert not any(r.startswith("FixMatch") for r in rows) and not any("Table 2" in r for r in rows)
