@@ -13,6 +13,7 @@
 #   SELECTORS="random coreset alphamix activeft noise"
 #   ITERS=N               training iterations per round (default: the dataset preset of ssal.py)
 #   GPUS="0 1 2 3"        run one job per GPU in parallel (CUDA_VISIBLE_DEVICES); unset: one after another
+#   JOBS=2                without GPUS: that many CPU jobs in parallel, each with nproc / JOBS threads
 #   DRY_RUN=1             print the commands (and their count) instead of running them
 #   SLURM=1               write $OUT/<grid>.sbatch, an sbatch array with one task per run, instead of running
 #   OUT=results/runs      where the result files and round-0 checkpoints go
@@ -102,12 +103,19 @@ EOF
 fi
 
 echo "$GRID: $N runs into $OUT"
-if [ -z "${GPUS:-}" ]; then
+if [ -n "${GPUS:-}" ]; then
+  read -ra G <<< "$GPUS"; pin() { echo "CUDA_VISIBLE_DEVICES=$1"; }
+elif [ "${JOBS:-1}" -gt 1 ]; then  # CPU workers, the cores split between them
+  G=($(seq 0 $((JOBS - 1)))); threads=$(( $(nproc) / JOBS )); [ "$threads" -ge 1 ] || threads=1
+  pin() { echo "OMP_NUM_THREADS=${OMP_NUM_THREADS:-$threads}"; }
+else
+  G=()
+fi
+if [ ${#G[@]} -eq 0 ]; then
   for cmd in "${RUNS[@]}"; do echo "+ $cmd"; eval "$cmd"; done
 else
-  # one worker per GPU; a worker takes whole settings (all selectors of one setting and seed) so that the
-  # setting's round-0 model is trained once, then reused
-  read -ra G <<< "$GPUS"
+  # one worker per GPU (or CPU job); a worker takes whole settings (all selectors of one setting and seed) so
+  # that the setting's round-0 model is trained once, then reused
   key() { echo "$1" | sed -E 's/--al [a-z]+//'; }
   declare -A owner=()
   next=0
@@ -118,7 +126,8 @@ else
     echo "$cmd" >> "$OUT/.worker${owner[$k]}"
   done
   for i in "${!G[@]}"; do
-    ( while IFS= read -r cmd; do echo "+ [gpu ${G[$i]}] $cmd"; CUDA_VISIBLE_DEVICES=${G[$i]} eval "$cmd"; done < "$OUT/.worker$i" ) &
+    env=$(pin "${G[$i]}")
+    ( while IFS= read -r cmd; do echo "+ [$env] $cmd"; eval "$env $cmd"; done < "$OUT/.worker$i" ) &
   done
   wait
 fi

@@ -43,12 +43,13 @@ def test_slurm_writes_an_array_script(tmp_path):
 
 
 def test_digits_grid_end_to_end_and_report(tmp_path):
-    env = dict(PRESET="digits", DATASETS="digits:10", SEEDS="0", SELECTORS="random coreset", ITERS="2",
+    env = dict(PRESET="digits", DATASETS="digits:10", SEEDS="0", SELECTORS="random coreset", ITERS="2", JOBS="2",
                EXTRA="--batch-size 4 --uratio 1")
-    grid("table1", tmp_path, **env)
+    out = grid("table1", tmp_path, **env)
+    assert out.count("+ [OMP_NUM_THREADS=") == 8  # every run went through a CPU job
     runs = tmp_path / "runs"
     res = [json.load(open(runs / f)) for f in os.listdir(runs) if f.endswith(".json")]
-    assert len(res) == 8
+    assert len(res) == 8  # two CPU jobs (JOBS=2), each taking whole settings
     # round 0 is trained once per setting (ssl x fa), not once per selector
     assert len(os.listdir(runs / "round0")) == 5
     # resumable: a second pass skips every run
