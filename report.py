@@ -166,27 +166,35 @@ def claims(seeded, settings, fa_v, ls_v, lambda_s=1.0, lambda_c=0.01):
     return "\n".join(lines)
 
 
-def fig2(cells, setting, path, lambda_s=1.0, lambda_c=0.01):
-    """Accuracy vs queue length T, one line per selector (FreeMatch + FA)."""
+def fig2(seeded, setting, path, lambda_s=1.0, lambda_c=0.01):
+    """Accuracy vs queue length T, one line per selector (FreeMatch + FA), from {key: {seed: acc}}. Every point
+    averages the same seeds (those common to all the figure's cells), so that T is the only thing that varies.
+    Returns {selector: [(T, accuracy %)]} and the seeds, or None when fewer than two values of T were run."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     ds, b = setting
-    Ts = sorted({int(k[3].split("_T")[1]) for k in cells if k[:3] == (ds, b, "freematch") and k[3] != "none"})
-    if len(Ts) < 2:  # one value of T is no curve
-        return False
+    var = lambda T: f"fa_s{lambda_s:g}_c{lambda_c:g}_T{T}"  # noqa: E731
+    Ts = sorted({int(k[3].split("_T")[1]) for k in seeded if k[:3] == (ds, b, "freematch") and k[3] != "none"})
+    cells = {(T, al): seeded[(ds, b, "freematch", var(T), al)] for T in Ts for al in SELECTORS[1:]
+             if seeded.get((ds, b, "freematch", var(T), al))}
+    Ts = sorted({T for T, _ in cells})
+    seeds = sorted(set.intersection(*(set(v) for v in cells.values()))) if cells else []
+    if len(Ts) < 2 or not seeds:  # one value of T is no curve
+        return None
+    pts = {al: [(T, float(np.mean([cells[(T, al)][s] for s in seeds]))) for T in Ts if (T, al) in cells]
+           for al in SELECTORS[1:]}
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for al, name in zip(SELECTORS[1:], HEAD[1:]):
-        pts = [(T, np.mean(cells[(ds, b, "freematch", f"fa_s{lambda_s:g}_c{lambda_c:g}_T{T}", al)]))
-               for T in Ts if cells.get((ds, b, "freematch", f"fa_s{lambda_s:g}_c{lambda_c:g}_T{T}", al))]
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=name)
-    ax.set(xlabel="T (strong views per labeled sample in Q_s)", ylabel="accuracy (%)", title=f"{ds} #{b}")
+        if pts[al]:
+            ax.plot(*zip(*pts[al]), marker="o", label=name)
+    ax.set(xlabel="T (strong views per labeled sample in Q_s)", ylabel="accuracy (%)",
+           title=f"{ds} #{b}, FreeMatch + FA (seeds {', '.join(map(str, seeds))})", xticks=Ts)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return True
+    return pts, seeds
 
 
 def fig3(with_ls, without_ls, path, num_classes=30, highlight=5, seed=0):
@@ -227,6 +235,7 @@ def main(argv=None):
     p.add_argument("--fig3", nargs=2, metavar=("WITH_LS", "WITHOUT_LS"), help="two .features.npz files")
     args = p.parse_args(argv)
     cells = load_runs(args.runs)
+    seeded = load_runs(args.runs, by_seed=True)
     os.makedirs(args.out, exist_ok=True)
     found = sorted({k[:2] for k in cells})
     settings = [(s.split(":")[0], int(s.split(":")[1])) for s in args.settings.split()] if args.settings else found
@@ -238,9 +247,14 @@ def main(argv=None):
     for s in settings:
         if any(k[:3] == (*s, "freematch") and k[3] == ls_v for k in cells):
             md += ["", f"## Table 2 ({s[0]} #{s[1]}, FreeMatch)", "", table2(cells, s, fa_v, ls_v)]
-        if fig2(cells, s, os.path.join(args.out, f"fig2_{s[0]}_{s[1]}.png"), args.lambda_s, args.lambda_c):
-            md += ["", f"Fig. 2: fig2_{s[0]}_{s[1]}.png"]
-    seeded = load_runs(args.runs, by_seed=True)
+        f2 = fig2(seeded, s, os.path.join(args.out, f"fig2_{s[0]}_{s[1]}.png"), args.lambda_s, args.lambda_c)
+        if f2:
+            pts, seeds = f2
+            acc = {(al, T): a for al, v in pts.items() for T, a in v}
+            md += ["", f"## Fig. 2 ({s[0]} #{s[1]}, FreeMatch + FA): fig2_{s[0]}_{s[1]}.png, seeds "
+                   f"{', '.join(map(str, seeds))}", "", "| T | " + " | ".join(HEAD[1:]) + " |", "|---" * len(HEAD) + "|"]
+            md += [f"| {T} | " + " | ".join(f"{acc[(al, T)]:.2f}" if (al, T) in acc else "missing"
+                                            for al in SELECTORS[1:]) + " |" for T in sorted({T for _, T in acc})]
     md += ["", "## The paper's claims on these runs", "", "Here: whether the cell means agree with the claim. "
            "Evidence: how many columns agree; the paired differences of single runs (same seed = same initial "
            "labeled set) and a one-sided sign test on them (p: the chance of at least that many wins if the two rows "

@@ -114,3 +114,14 @@ def test_claims_compare_on_common_seeds():
     assert rows["FreeMatch + FA improves the Avg"] == "holds"
     assert rows["FreeMatch beats Supervised in every column"] == "missing"  # no supervised runs
     assert not any(r.startswith("FixMatch") for r in rows) and not any("Table 2" in r for r in rows)
+
+
+def test_fig2_points_average_common_seeds(tmp_path):
+    key = lambda T, al: ("digits", 10, "freematch", f"fa_s1_c0.01_T{T}", al)  # noqa: E731
+    seeded = {key(1, "coreset"): {0: 50.0}, key(10, "coreset"): {0: 60.0, 1: 90.0},
+              key(10, "noise"): {0: 40.0, 1: 70.0}, ("digits", 10, "freematch", "none", "coreset"): {0: 1.0}}
+    pts, seeds = report.fig2(seeded, ("digits", 10), str(tmp_path / "f.png"))
+    assert seeds == [0]  # seed 1 has no T = 1 run: T = 10 must not average it in
+    assert pts["coreset"] == [(1, 50.0), (10, 60.0)] and pts["noise"] == [(10, 40.0)] and pts["alphamix"] == []
+    assert (tmp_path / "f.png").stat().st_size > 0
+    assert report.fig2({key(10, "coreset"): {0: 60.0}}, ("digits", 10), str(tmp_path / "g.png")) is None
