@@ -51,9 +51,12 @@ def load_runs(folder, by_seed=False):
             continue
         variant = f"fa_s{c['lambda_s']:g}_c{c['lambda_c']:g}_T{c['queue_len']}" if c["fa"] else "none"
         cells[(c["dataset"], c["budget"], c["ssl"], variant, c["al"])][c["seed"]] = 100 * r["final_acc"]
-    if by_seed:
-        return dict(cells)
-    return {k: [v[s] for s in sorted(v)] for k, v in cells.items()}
+    return dict(cells) if by_seed else seed_lists(cells)
+
+
+def seed_lists(seeded):
+    """{key: {seed: acc}} -> {key: [acc in seed order]}."""
+    return {k: [v[s] for s in sorted(v)] for k, v in seeded.items()}
 
 
 def fmt(v, paper=None):
@@ -174,10 +177,9 @@ def fig2(seeded, setting, path, lambda_s=1.0, lambda_c=0.01):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     ds, b = setting
-    var = lambda T: f"fa_s{lambda_s:g}_c{lambda_c:g}_T{T}"  # noqa: E731
-    Ts = sorted({int(k[3].split("_T")[1]) for k in seeded if k[:3] == (ds, b, "freematch") and k[3] != "none"})
-    cells = {(T, al): seeded[(ds, b, "freematch", var(T), al)] for T in Ts for al in SELECTORS[1:]
-             if seeded.get((ds, b, "freematch", var(T), al))}
+    prefix = f"fa_s{lambda_s:g}_c{lambda_c:g}_T"
+    cells = {(int(k[3][len(prefix):]), k[4]): v for k, v in seeded.items()
+             if k[:3] == (ds, b, "freematch") and k[3].startswith(prefix) and k[4] != "random" and v}
     Ts = sorted({T for T, _ in cells})
     seeds = sorted(set.intersection(*(set(v) for v in cells.values()))) if cells else []
     if len(Ts) < 2 or not seeds:  # one value of T is no curve
@@ -234,8 +236,8 @@ def main(argv=None):
     p.add_argument("--queue-len", type=int, default=10, help="T of the runs to tabulate")
     p.add_argument("--fig3", nargs=2, metavar=("WITH_LS", "WITHOUT_LS"), help="two .features.npz files")
     args = p.parse_args(argv)
-    cells = load_runs(args.runs)
     seeded = load_runs(args.runs, by_seed=True)
+    cells = seed_lists(seeded)
     os.makedirs(args.out, exist_ok=True)
     found = sorted({k[:2] for k in cells})
     settings = [(s.split(":")[0], int(s.split(":")[1])) for s in args.settings.split()] if args.settings else found
