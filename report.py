@@ -3,8 +3,8 @@
     python report.py --runs results/runs --out results          # Table 1, Table 2 (Markdown), Fig. 2 (PNG)
     python report.py --runs results/runs --out results --fig3 A.features.npz B.features.npz
 
-Each cell is mean +- std over the seeds found (n shown when it is not 3), with the paper's number beside it
-where the paper has that cell. A cell with no result file is shown as "missing", never filled in.
+Each cell is mean +- sample std (ddof = 1) over the seeds found (n shown when it is not 3), with the paper's
+number beside it where the paper has that cell. A cell with no result file is shown as "missing", never filled in.
 """
 import argparse
 import glob
@@ -63,7 +63,9 @@ def fmt(v, paper=None):
     if not v:
         s = "missing"
     else:
-        s = f"{np.mean(v):.2f} ± {np.std(v):.2f}" + ("" if len(v) == 3 else f" (n={len(v)})")
+        # std: the sample standard deviation over seeds (ddof = 1); none for a single seed
+        s = f"{np.mean(v):.2f}" + (f" ± {np.std(v, ddof=1):.2f}" if len(v) > 1 else "")
+        s += "" if len(v) == 3 else f" (n={len(v)})"
     return s if paper is None else f"{s} [{paper:.2f}]"
 
 
@@ -243,7 +245,7 @@ def main(argv=None):
     settings = [(s.split(":")[0], int(s.split(":")[1])) for s in args.settings.split()] if args.settings else found
     fa_v = f"fa_s{args.lambda_s:g}_c{args.lambda_c:g}_T{args.queue_len}"
     ls_v = f"fa_s{args.lambda_s:g}_c0_T{args.queue_len}"
-    md = ["# Results", "", f"Accuracy (%) after one query round, mean ± std over seeds; [paper's value]. "
+    md = ["# Results", "", f"Accuracy (%) after one query round, mean ± sample std over seeds; [paper's value]. "
           f"Avg: mean of the four non-random selectors, (gain over Supervised). FA: lambda_s={args.lambda_s:g}, "
           f"lambda_c={args.lambda_c:g}, T={args.queue_len}.", "", "## Table 1", "", table1(cells, settings, fa_v)]
     for s in settings:
