@@ -193,7 +193,7 @@ def fig2(seeded, setting, path, lambda_s=1.0, lambda_c=0.01):
         if pts[al]:
             ax.plot(*zip(*pts[al]), marker="o", label=name)
     ax.set(xlabel="T (strong views per labeled sample in Q_s)", ylabel="accuracy (%)",
-           title=f"{ds} #{b}, FreeMatch + FA (seeds {', '.join(map(str, seeds))})", xticks=Ts)
+           title=f"{ds} #{b}, FreeMatch + FA (seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))})", xticks=Ts)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -255,8 +255,8 @@ def main(argv=None):
         if f2:
             pts, seeds = f2
             acc = {(al, T): a for al, v in pts.items() for T, a in v}
-            md += ["", f"## Fig. 2 ({s[0]} #{s[1]}, FreeMatch + FA): fig2_{s[0]}_{s[1]}.png, seeds "
-                   f"{', '.join(map(str, seeds))}", "", "| T | " + " | ".join(HEAD[1:]) + " |", "|---" * len(HEAD) + "|"]
+            md += ["", f"## Fig. 2 ({s[0]} #{s[1]}, FreeMatch + FA): fig2_{s[0]}_{s[1]}.png, seed"
+                   f"{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}", "", "| T | " + " | ".join(HEAD[1:]) + " |", "|---" * len(HEAD) + "|"]
             md += [f"| {T} | " + " | ".join(f"{acc[(al, T)]:.2f}" if (al, T) in acc else "missing"
                                             for al in SELECTORS[1:]) + " |" for T in sorted({T for _, T in acc})]
     md += ["", "## The paper's claims on these runs", "", "Here: whether the cell means agree with the claim. "
