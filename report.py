@@ -171,6 +171,10 @@ def claims(seeded, settings, fa_v, ls_v, lambda_s=1.0, lambda_c=0.01):
     return "\n".join(lines)
 
 
+def seeds_label(seeds):
+    return f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
+
+
 def fig2(seeded, setting, path, lambda_s=1.0, lambda_c=0.01):
     """Accuracy vs queue length T, one line per selector (FreeMatch + FA), from {key: {seed: acc}}. Every point
     averages the same seeds (those common to all the figure's cells), so that T is the only thing that varies.
@@ -193,7 +197,7 @@ def fig2(seeded, setting, path, lambda_s=1.0, lambda_c=0.01):
         if pts[al]:
             ax.plot(*zip(*pts[al]), marker="o", label=name)
     ax.set(xlabel="T (strong views per labeled sample in Q_s)", ylabel="accuracy (%)",
-           title=f"{ds} #{b}, FreeMatch + FA (seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))})", xticks=Ts)
+           title=f"{ds} #{b}, FreeMatch + FA ({seeds_label(seeds)})", xticks=Ts)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -255,8 +259,8 @@ def main(argv=None):
         if f2:
             pts, seeds = f2
             acc = {(al, T): a for al, v in pts.items() for T, a in v}
-            md += ["", f"## Fig. 2 ({s[0]} #{s[1]}, FreeMatch + FA): fig2_{s[0]}_{s[1]}.png, seed"
-                   f"{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}", "", "| T | " + " | ".join(HEAD[1:]) + " |", "|---" * len(HEAD) + "|"]
+            md += ["", f"## Fig. 2 ({s[0]} #{s[1]}, FreeMatch + FA): fig2_{s[0]}_{s[1]}.png, {seeds_label(seeds)}",
+                   "", "| T | " + " | ".join(HEAD[1:]) + " |", "|---" * len(HEAD) + "|"]
             md += [f"| {T} | " + " | ".join(f"{acc[(al, T)]:.2f}" if (al, T) in acc else "missing"
                                             for al in SELECTORS[1:]) + " |" for T in sorted({T for _, T in acc})]
     md += ["", "## The paper's claims on these runs", "", "Here: whether the cell means agree with the claim. "
