@@ -240,7 +240,7 @@ def train(args, data, labeled, desc="train"):
             off = 2 * n_lb if args.fa else n_lb
             z_u_w, z_u_s = z[off:].chunk(2)  # [B_u, d] each
             logits_u_w, logits_u_s = logits[off:].chunk(2)
-            loss_u, mask = algo.unlabeled_loss(logits_u_w, logits_u_s)  # L_u, Eq. 2
+            loss_u, mask, parts_u = algo.unlabeled_loss(logits_u_w, logits_u_s)  # L_u, Eq. 2
             loss = loss + args.lambda_u * loss_u
             mask_sum += mask.mean().item()
             log.update(L_u=loss_u.item(), mask=mask.mean().item(), **algo.log())

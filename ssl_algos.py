@@ -3,7 +3,8 @@
 All of them follow Eq. 2: a pseudo-label from the weak view x_ulb_w, a mask, and a cross-entropy on the strong
 view x_ulb_s. Each algorithm exposes
 
-    unlabeled_loss(logits_w, logits_s) -> (loss, mask)      # logits [B_u, C], loss scalar, mask [B_u] float
+    unlabeled_loss(logits_w, logits_s) -> (loss, mask, parts)   # logits [B_u, C], loss scalar, mask [B_u] float,
+                                                                # parts: the loss's terms, detached, for the log
     log() -> dict of scalars to show (thresholds)
     state_dict() / load_state_dict()                         # FreeMatch's EMA estimates, so runs can resume
 
@@ -46,7 +47,8 @@ class FixMatch:
         probs = torch.softmax(logits_w.detach(), dim=-1)  # [B_u, C] q(x) in Eq. 2
         max_p, pseudo_label = probs.max(dim=-1)  # [B_u]
         mask = (max_p >= self.p_cutoff).float()  # 1[max q >= tau]
-        return masked_consistency_loss(logits_s, pseudo_label, mask), mask
+        loss = masked_consistency_loss(logits_s, pseudo_label, mask)
+        return loss, mask, {"L_u": loss.detach()}
 
     def log(self):
         return {"tau": self.p_cutoff}
@@ -126,10 +128,14 @@ class FreeMatch:
         max_p, pseudo_label = probs.max(dim=-1)
         tau_c = self.time_p * self.p_model / self.p_model.max()  # [C] self-adaptive class thresholds
         mask = (max_p >= tau_c[pseudo_label]).float()
-        loss = masked_consistency_loss(logits_s, pseudo_label, mask)
+        loss_u = masked_consistency_loss(logits_s, pseudo_label, mask)
+        parts = {"L_u": loss_u.detach()}
         if self.ent_loss_ratio > 0:
-            loss = loss + self.ent_loss_ratio * fairness_loss(logits_s, mask, self.p_model, self.label_hist)
-        return loss, mask
+            # USB adds ent_loss_ratio * fairness outside lambda_u; the same here for the paper's lambda_u = 1
+            fair = fairness_loss(logits_s, mask, self.p_model, self.label_hist)
+            loss_u = loss_u + self.ent_loss_ratio * fair
+            parts["fairness"] = fair.detach()
+        return loss_u, mask, parts
 
     def log(self):
         tau_c = self.time_p * self.p_model / self.p_model.max()

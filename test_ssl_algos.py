@@ -21,7 +21,7 @@ def test_fixmatch_mask_and_loss_by_hand():
                              [1.0, 1.2, 0.0],    # p_max ~ 0.45 -> masked out
                              [0.0, 0.0, 4.0]])   # p_max = e^4/(e^4+2) = 0.9647 -> class 2
     logits_s = torch.tensor([[0.5, 0.1, 0.2], [3.0, -1.0, 0.0], [0.0, 1.0, 0.3]])
-    loss, mask = ssl_algos.FixMatch(3, p_cutoff=0.95).unlabeled_loss(logits_w, logits_s)
+    loss, mask, _ = ssl_algos.FixMatch(3, p_cutoff=0.95).unlabeled_loss(logits_w, logits_s)
     assert mask.tolist() == [1.0, 0.0, 1.0]
     # averaged over ALL 3 unlabeled samples, not over the 2 masked ones
     expected = (ce([0.5, 0.1, 0.2], 0) + ce([0.0, 1.0, 0.3], 2)) / 3
@@ -31,7 +31,7 @@ def test_fixmatch_mask_and_loss_by_hand():
 def test_fixmatch_loss_gradient_only_through_strong_view():
     logits_w = torch.tensor([[9.0, 0.0]], requires_grad=True)
     logits_s = torch.tensor([[0.0, 1.0]], requires_grad=True)
-    loss, _ = ssl_algos.FixMatch(2).unlabeled_loss(logits_w, logits_s)
+    loss, _, _ = ssl_algos.FixMatch(2).unlabeled_loss(logits_w, logits_s)
     loss.backward()
     assert logits_w.grad is None and logits_s.grad.abs().sum() > 0
 
@@ -50,7 +50,7 @@ def test_freematch_estimates_after_two_hand_steps():
         counts = [sum(1 for p in P if p.index(max(p)) == c) for c in range(C)]
         hist = [m * hist[c] + (1 - m) * counts[c] / B for c in range(C)]
         lw = torch.tensor(logits)
-        _, mask = fm.unlabeled_loss(lw, lw.clone())
+        _, mask, _ = fm.unlabeled_loss(lw, lw.clone())
         # mask with the thresholds of *this* step (updated before masking)
         tau = [time_p * p_model[c] / max(p_model) for c in range(C)]
         assert mask.tolist() == [1.0 if max(p) >= tau[p.index(max(p))] else 0.0 for p in P]
@@ -94,10 +94,13 @@ def test_freematch_loss_includes_weighted_fairness_term():
     lw, ls = torch.randn(8, 5) * 3, torch.randn(8, 5)
     a = ssl_algos.FreeMatch(5, ent_loss_ratio=0.0)
     b = ssl_algos.FreeMatch(5, ent_loss_ratio=0.5)
-    la, mask = a.unlabeled_loss(lw, ls)
-    lb, _ = b.unlabeled_loss(lw, ls)
+    la, mask, pa = a.unlabeled_loss(lw, ls)
+    lb, _, pb = b.unlabeled_loss(lw, ls)
     fair = ssl_algos.fairness_loss(ls, mask, b.p_model, b.label_hist)
     assert lb.item() == pytest.approx(la.item() + 0.5 * fair.item(), rel=1e-6)
+    # the logged parts: L_u is the masked CE alone, fairness the unweighted term
+    assert pb["L_u"].item() == pytest.approx(la.item(), rel=1e-6) and "fairness" not in pa
+    assert pb["fairness"].item() == pytest.approx(fair.item(), rel=1e-6)
 
 
 def test_build_ssl_rejects_unknown():
