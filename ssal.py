@@ -234,7 +234,7 @@ def train(args, data, labeled, desc="train"):
             parts += [ulb_b["weak"].to(dev, non_blocking=True), ulb_b["strong"].to(dev, non_blocking=True)]
         z, logits = features_and_logits(model, torch.cat(parts))  # one forward for every view
         n_lb = x_lb.shape[0]
-        loss_l = F.cross_entropy(logits[:n_lb], y_lb)  # L_l, Eq. 1
+        loss_l = ssl_algos.labeled_loss(logits[:n_lb], y_lb)  # L_l, Eq. 1
         loss, log = loss_l, {"L_l": loss_l.item()}
         if algo.uses_unlabeled:
             off = 2 * n_lb if args.fa else n_lb

@@ -8,10 +8,15 @@ view x_ulb_s. Each algorithm exposes
     log() -> dict of scalars to show (thresholds)
     state_dict() / load_state_dict()                         # FreeMatch's EMA estimates, so runs can resume
 
-The labeled loss L_l (Eq. 1) is the same plain cross-entropy for all of them and lives in the training loop.
+The labeled loss L_l (Eq. 1) is the same plain cross-entropy for all of them: `labeled_loss`.
 """
 import torch
 import torch.nn.functional as F
+
+
+def labeled_loss(logits_lb, y_lb):
+    """Eq. 1: L_l = mean_b CE(logits of the weak labeled view x_lb[b], y_lb[b])."""
+    return F.cross_entropy(logits_lb, y_lb)
 
 
 def masked_consistency_loss(logits_s, pseudo_label, mask):
