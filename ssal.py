@@ -22,7 +22,6 @@ import numpy as np
 import timm
 import timm.optim
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import al_strategies
@@ -51,12 +50,14 @@ ARCHS = {
 # weight decay 5e-4, batch 8, uratio 1, 204,800 iterations with 5,120 warm-up). digits is CPU-sized.
 PRESETS = {
     "digits": dict(model="vit_tiny_digits", budget=10, iters=1500, batch_size=16, uratio=3, lr=1e-3,
-                   weight_decay=5e-4, layer_decay=None, warmup=75, ema_p=0.9),
+                   weight_decay=5e-4, layer_decay=None, warmup=75, ema_p=0.9, eval_every=100, log_every=50),
     "cifar100": dict(model="vit_small_patch2_32", budget=100, iters=204800, batch_size=8, uratio=1, lr=5e-4,
-                     weight_decay=5e-4, layer_decay=0.5, warmup=5120, ema_p=0.999),
+                     weight_decay=5e-4, layer_decay=0.5, warmup=5120, ema_p=0.999, eval_every=2048, log_every=256),
     "tinyimagenet": dict(model="vit_small_patch4_64", budget=200, iters=204800, batch_size=8, uratio=1, lr=5e-4,
-                         weight_decay=5e-4, layer_decay=0.5, warmup=5120, ema_p=0.999),
+                         weight_decay=5e-4, layer_decay=0.5, warmup=5120, ema_p=0.999, eval_every=2048, log_every=256),
 }
+# USB evaluates every num_eval_iter = 2,048 iterations and logs every num_log_iter = 256; digits evaluates 15 times
+# per training and logs 30 times.
 # FreeMatch's EMA momentum ema_p sets how many steps its thresholds average over (1 / (1 - ema_p)): 1,000 of
 # USB's 204,800 iterations. At digits' 1,500 iterations 0.999 would keep the thresholds near their initial 1/C for
 # the whole run (every pseudo-label passes; measured: FreeMatch below supervised); 0.9 averages over 10 steps.
@@ -102,6 +103,11 @@ def get_args(argv=None):
     a("--seed", type=int, default=0, help="seed of the initial labeled set, the weights and the data order")
     a("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     a("--workers", type=int, default=-1, help="data-loading processes; -1: 0 on CPU, 4 on GPU")
+    a("--eval-every", type=int, help="evaluate the test set every N iterations of a training, and at its last one "
+                                     "(USB's protocol; the curve goes into the result file). Preset: digits 100, "
+                                     "others 2048 as USB")
+    a("--log-every", type=int, help="append a line to <out>/<name>.log.jsonl every N iterations. Preset: digits 50, "
+                                    "others 256 as USB")
     a("--out", default="runs", help="folder for <name>.json results and round0/ checkpoints")
     a("--name", help="run name (default: built from the flags)")
     a("--reuse", action=argparse.BooleanOptionalAction, default=True,
@@ -193,15 +199,54 @@ def cosine_lr(it, iters, warmup):
     return max(0.0, math.cos(7 * math.pi * k / 16))
 
 
-def train(args, data, labeled, desc="train"):
+class RunLog:
+    """The training log <out>/<name>.log.jsonl: one JSON object a line, flushed at once (`tail -f` works).
+
+    {"event": "start", ...}                                   one per launch: name, rounds, iters, intervals
+    {"round": r, "iter": i, "lr": .., "L_l": .., ...}         every --log-every iterations: loss parts and mask
+                                                             ratio averaged since the previous line; lr and
+                                                             thresholds (tau, tau_min) as they are at iteration i
+    {"round": r, "iter": i, "test_acc": a}                    every --eval-every iterations and at the last one
+    round r: the training's index, 0 .. R-1 for the query rounds and R (= --rounds) for the final training.
+    """
+
+    def __init__(self, path):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self.path, self.f = path, open(path, "w")
+
+    def write(self, **rec):
+        self.f.write(json.dumps(rec) + "\n")
+        self.f.flush()
+
+    def close(self):
+        self.f.close()
+
+
+def build_optimizer(args, model):
+    """AdamW with timm's layer-wise lr decay and USB's schedule. timm's param groups carry the decay as `lr_scale`,
+    which only timm's own schedulers apply; USB sets each group's lr to lr * scale and lets LambdaLR scale that,
+    so we do the same (without it --layer-decay would be silently ignored)."""
+    opt = timm.optim.create_optimizer_v2(model, "adamw", lr=args.lr, weight_decay=args.weight_decay,
+                                         layer_decay=args.layer_decay)
+    for g in opt.param_groups:
+        g["lr"] = args.lr * g.get("lr_scale", 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: cosine_lr(it, args.iters, args.warmup))
+    return opt, sched
+
+
+def train(args, data, labeled, rnd, log=None):
     """Train a fresh model (same initial weights every call) on the labeled indices `labeled` with the SSL
-    algorithm and, with --fa, the FA losses. The SSL unlabeled stream is the whole training set."""
+    algorithm and, with --fa, the FA losses. The SSL unlabeled stream is the whole training set. `rnd` is the
+    training's index (round r, or --rounds for the final training), used in the log.
+
+    The test set is evaluated every --eval-every iterations and at the last one, as USB does. Evaluation draws
+    no random numbers from the training's generators, so it does not change training (tested: the same weights
+    with and without it). Returns the model, the SSL algorithm (its state), the FA queues, and a record
+    {curve, acc_best, acc_last, test_acc (= acc_last), test_pred_hist (of the last evaluation), train_stats}."""
     dev = torch.device(args.device)
     model = build_model(args, data.num_classes, data.size).to(dev)
     algo = ssl_algos.build_ssl(args.ssl, data.num_classes, args.p_cutoff, args.ema_p, args.ent_loss_ratio)
-    opt = timm.optim.create_optimizer_v2(model, "adamw", lr=args.lr, weight_decay=args.weight_decay,
-                                         layer_decay=args.layer_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: cosine_lr(it, args.iters, args.warmup))
+    opt, sched = build_optimizer(args, model)
 
     B, Bu = args.batch_size, args.batch_size * args.uratio
     V = data.views
@@ -220,9 +265,12 @@ def train(args, data, labeled, desc="train"):
         pos_of[torch.as_tensor(labeled)] = torch.arange(len(labeled))  # dataset index -> row of Q_w / Q_s
 
     model.train()
+    desc = f"{'final' if rnd == args.rounds else f'round {rnd}'} train ({len(labeled)} labels)"
     bar = tqdm(zip(*streams), total=args.iters, desc=desc, mininterval=1, dynamic_ncols=True,
                disable=os.environ.get("SSAL_NO_BAR") == "1")
-    mask_sum = 0.0
+    curve, hist = [], None
+    win, n_win, t_win, t_eval = {}, 0, time.time(), 0.0  # sums of the loss parts since the last log line
+    mask_sum = torch.zeros((), device=dev)
     for it, batches in enumerate(bar):
         lb = batches[0]
         x_lb, y_lb = lb["weak"].to(dev, non_blocking=True), lb["y"].to(dev, non_blocking=True)
@@ -235,30 +283,53 @@ def train(args, data, labeled, desc="train"):
         z, logits = features_and_logits(model, torch.cat(parts))  # one forward for every view
         n_lb = x_lb.shape[0]
         loss_l = ssl_algos.labeled_loss(logits[:n_lb], y_lb)  # L_l, Eq. 1
-        loss, log = loss_l, {"L_l": loss_l.item()}
+        loss, terms = loss_l, {"L_l": loss_l.detach()}
         if algo.uses_unlabeled:
             off = 2 * n_lb if args.fa else n_lb
             z_u_w, z_u_s = z[off:].chunk(2)  # [B_u, d] each
             logits_u_w, logits_u_s = logits[off:].chunk(2)
-            loss_u, mask, parts_u = algo.unlabeled_loss(logits_u_w, logits_u_s)  # L_u, Eq. 2
+            loss_u, mask, parts_u = algo.unlabeled_loss(logits_u_w, logits_u_s)  # L_u, Eq. 2 (+ fairness)
             loss = loss + args.lambda_u * loss_u
-            mask_sum += mask.mean().item()
-            log.update(L_u=loss_u.item(), mask=mask.mean().item(), **algo.log())
+            mask_sum += mask.mean()
+            terms.update(parts_u, mask=mask.mean())
             if args.fa:
                 queues.update(pos_of[lb["idx"]], z[:n_lb], z[n_lb:2 * n_lb])  # Q_w <- z_lb_w, Q_s <- z_lb_s
                 loss_s = fa.similarity_loss(z_u_w, z_u_s, queues.q_w, queues.q_s, queues.filled)  # Eqs. 11-12
                 loss_c = fa.contrastive_loss(z_u_s, z_u_w)  # Eq. 18
                 loss = loss + args.lambda_s * loss_s + args.lambda_c * loss_c
-                log.update(L_s=loss_s.item(), L_c=loss_c.item())
+                terms.update(L_s=loss_s.detach(), L_c=loss_c.detach())
+        lr = max(g["lr"] for g in opt.param_groups)  # the base lr of this step (the head's group has scale 1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        if it % 10 == 0 or it == args.iters - 1:
-            bar.set_postfix({k: f"{v:.3f}" for k, v in log.items()}, refresh=False)
+
+        n = it + 1  # iterations done
+        for k, v in terms.items():  # summed as tensors: no device sync per iteration
+            win[k] = win.get(k, 0.0) + v
+        n_win += 1
+        if n % args.eval_every == 0 or n == args.iters:
+            t0 = time.time()
+            acc, hist = test_accuracy(model, data, args)
+            model.train()
+            t_eval += time.time() - t0
+            curve.append({"iter": n, "acc": acc})
+            if log:
+                log.write(round=rnd, iter=n, test_acc=acc)
+        if n % args.log_every == 0 or n == args.iters:
+            rec = {k: float(v) / n_win for k, v in win.items()}
+            sec = (time.time() - t_win - t_eval) / n_win
+            if log:
+                log.write(round=rnd, iter=n, lr=lr, **rec, **algo.log(), sec_per_iter=sec)
+            bar.set_postfix({**{k: f"{v:.3f}" for k, v in rec.items()}, **{k: f"{v:.3f}" for k, v in algo.log().items()},
+                             "acc": f"{curve[-1]['acc']:.3f}" if curve else "-"}, refresh=False)
+            win, n_win, t_win, t_eval = {}, 0, time.time(), 0.0
     bar.close()
-    stats = {"mask_ratio": mask_sum / max(1, args.iters) if algo.uses_unlabeled else None, **algo.log()}
-    return model, algo, queues, stats
+    stats = {"mask_ratio": float(mask_sum) / max(1, args.iters) if algo.uses_unlabeled else None, **algo.log()}
+    accs = [p["acc"] for p in curve]
+    rec = {"curve": curve, "acc_best": max(accs), "acc_last": accs[-1], "test_acc": accs[-1], "test_pred_hist": hist,
+           "train_stats": stats}
+    return model, algo, queues, rec
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -283,7 +354,7 @@ def test_accuracy(model, data, args):
     _, logits = run_model(model, D.Views(data.x_te, data.y_te, np.arange(len(data.y_te)),
                                          {"plain": data.views["plain"]}), args)
     pred = logits.argmax(1).cpu()
-    acc = (pred == torch.as_tensor(data.y_te)).float().mean().item()
+    acc = (pred == torch.as_tensor(data.y_te)).sum().item() / len(data.y_te)
     return acc, torch.bincount(pred, minlength=data.num_classes).tolist()
 
 
@@ -328,7 +399,7 @@ def select(args, data, model, labeled, rnd):
 
 ROUND0_FLAGS = ("dataset", "budget", "seed", "ssl", "fa", "lambda_s", "lambda_c", "queue_len", "p_cutoff", "ema_p",
                 "ent_loss_ratio", "lambda_u", "model", "pretrained", "weights", "iters", "batch_size", "uratio",
-                "lr", "weight_decay", "layer_decay", "warmup")
+                "lr", "weight_decay", "layer_decay", "warmup", "eval_every")  # eval_every: the saved curve
 
 
 def round0_path(args):
@@ -353,23 +424,25 @@ def atomic_save(obj, path, as_json=False):
     os.replace(tmp, path)
 
 
-def train_round(args, data, labeled, rnd):
-    """Train for round `rnd`; round 0 is loaded from / saved to its checkpoint when --reuse."""
+def train_round(args, data, labeled, rnd, log):
+    """Train for round `rnd`; round 0 is loaded from / saved to its checkpoint when --reuse. Returns the model
+    and the round's record (curve, accuracies, train stats, reused, time_train)."""
     path = round0_path(args) if rnd == 0 and args.reuse else None
     if path and os.path.isfile(path):
         model = build_model(args, data.num_classes, data.size).to(args.device)
         ck = torch.load(path, map_location=args.device, weights_only=False)
         model.load_state_dict(ck["model"])
         print(f"round 0: reusing {path}")
-        return model, {**ck["stats"], "reused": True}, 0.0
+        log.write(event="reused", round=0, path=path)
+        return model, {**ck["record"], "reused": True, "time_train": 0.0}
     t0 = time.time()
-    model, algo, queues, stats = train(args, data, labeled, desc=f"round {rnd} train ({len(labeled)} labels)")
-    dt = time.time() - t0
+    model, algo, queues, rec = train(args, data, labeled, rnd, log)
+    rec["time_train"] = time.time() - t0
     if path:
-        atomic_save({"model": model.state_dict(), "ssl": algo.state_dict(), "stats": stats,
+        atomic_save({"model": model.state_dict(), "ssl": algo.state_dict(), "record": rec,
                      "queues": queues.state_dict() if queues else None,
                      "config": {k: getattr(args, k) for k in ROUND0_FLAGS}}, path)
-    return model, stats, dt
+    return model, rec
 
 
 def main(argv=None):
@@ -385,35 +458,40 @@ def main(argv=None):
     print(f"{args.name}: {len(data.y_tr)} train / {len(data.y_te)} test images, {data.num_classes} classes, "
           f"{len(labeled)} initial labels, device {args.device}")
     res = {"config": vars(args).copy(), "rounds": []}
+    log = RunLog(os.path.join(args.out, f"{args.name}.log.jsonl"))
+    log.write(event="start", name=args.name, rounds=args.rounds, iters=args.iters, eval_every=args.eval_every,
+              log_every=args.log_every, time=time.strftime("%Y-%m-%d %H:%M:%S"))
     t_start = time.time()
     for rnd in range(args.rounds):
-        model, stats, t_train = train_round(args, data, labeled, rnd)
-        acc, pred_hist = test_accuracy(model, data, args)
+        model, rec = train_round(args, data, labeled, rnd, log)
         sel, t_feat, t_sel = select(args, data, model, labeled, rnd)
         assert len(np.unique(sel)) == args.budget and not np.isin(sel, labeled).any()
         res["rounds"].append({
-            "round": rnd, "num_labeled": len(labeled), "test_acc": acc, "test_pred_hist": pred_hist,
-            "train_stats": stats,
+            "round": rnd, "num_labeled": len(labeled), **rec,
             "selected": sel.tolist(),
             "selected_hist": np.bincount(data.y_tr[sel], minlength=data.num_classes).tolist(),
-            "time_train": t_train, "time_features": t_feat, "time_select": t_sel})
-        print(f"round {rnd}: {len(labeled)} labels, test acc {acc:.4f}; {args.al} selected {len(sel)} "
-              f"({len(np.unique(data.y_tr[sel]))} classes) in {t_feat:.1f}s features + {t_sel:.1f}s select")
+            "time_features": t_feat, "time_select": t_sel})
+        print(f"round {rnd}: {len(labeled)} labels, test acc {rec['acc_last']:.4f} (best {rec['acc_best']:.4f}); "
+              f"{args.al} selected {len(sel)} ({len(np.unique(data.y_tr[sel]))} classes) in {t_feat:.1f}s features "
+              f"+ {t_sel:.1f}s select")
         labeled = np.sort(np.concatenate([labeled, sel]))
     t0 = time.time()
-    model, _, _, stats = train(args, data, labeled, desc=f"final train ({len(labeled)} labels)")
-    t_final = time.time() - t0
-    acc, pred_hist = test_accuracy(model, data, args)
-    res.update(final={"num_labeled": len(labeled), "test_acc": acc, "test_pred_hist": pred_hist,
-                      "train_stats": stats, "time_train": t_final},
-               final_acc=acc, time_total=time.time() - t_start)
+    model, _, _, rec = train(args, data, labeled, args.rounds, log)
+    log.close()
+    rec["time_train"] = time.time() - t0
+    acc = rec["acc_last"]
+    # final_acc: the last evaluation (what a user without a test set gets); final_best_acc: the best of the curve
+    # (USB's reported number, selected on the test set)
+    res.update(final={"num_labeled": len(labeled), **rec}, final_acc=acc, final_best_acc=rec["acc_best"],
+               time_total=time.time() - t_start)
     if args.save_features:  # Fig. 3: final-model features of the images still unlabeled, one weak view each
         pool = D.pool_of(len(data.y_tr), labeled)
         z, _ = run_model(model, weak_view_set(data, pool, args, args.rounds), args)
         np.savez_compressed(os.path.join(args.out, f"{args.name}.features.npz"), feats=z.cpu().numpy(),
                             labels=data.y_tr[pool], idx=pool)
     atomic_save(res, path, as_json=True)
-    print(f"final: {len(labeled)} labels, test accuracy {acc:.4f} ({100 * acc:.2f}%); wrote {path}")
+    print(f"final: {len(labeled)} labels, test accuracy {acc:.4f} ({100 * acc:.2f}%), best {rec['acc_best']:.4f} "
+          f"at iteration {max(rec['curve'], key=lambda p: p['acc'])['iter']}; wrote {path}")
     return res
 
 

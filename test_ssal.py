@@ -136,3 +136,57 @@ def test_every_selector_runs_in_the_pipeline(tmp_path, al):
     pool = set(ssal.D.pool_of(1297, ssal.D.initial_split(ssal.D.load_digits_arrays()[1], 10, 10, 0)).tolist())
     assert len(set(sel)) == 10 and set(sel) <= pool
     assert res["config"]["al"] == al and res["config"]["fa"] is True
+
+
+def test_evaluation_does_not_change_training():
+    """Evaluating every iteration must leave training exactly as evaluating once at the end: the test pass may
+    draw no random number that augmentation, sampling or dropout would otherwise get."""
+    data = ssal.D.Data("digits")
+    labeled = ssal.D.initial_split(data.y_tr, 10, 10, 0)
+    out = {}
+    for every in (1, 1000):
+        args = ssal.get_args([*TINY, "--iters", "6", "--fa", "--eval-every", str(every)])
+        torch.manual_seed(args.seed)
+        model, _, _, rec = ssal.train(args, data, labeled, 0)
+        out[every] = (model.state_dict(), rec)
+    (w1, r1), (w2, r2) = out[1], out[1000]
+    assert [p["iter"] for p in r1["curve"]] == [1, 2, 3, 4, 5, 6] and [p["iter"] for p in r2["curve"]] == [6]
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert r1["acc_last"] == r2["acc_last"] == r1["curve"][-1]["acc"]
+    assert r1["acc_best"] == max(p["acc"] for p in r1["curve"])
+
+
+def test_curve_and_log_in_the_results(tmp_path):
+    run(["--iters", "40", "--eval-every", "10", "--log-every", "15", "--batch-size", "4", "--uratio", "1", "--fa"],
+        tmp_path)
+    res = load_result(tmp_path)
+    for rec in (res["rounds"][0], res["final"]):
+        assert [p["iter"] for p in rec["curve"]] == [10, 20, 30, 40]
+        accs = [p["acc"] for p in rec["curve"]]
+        assert rec["acc_best"] == max(accs) and rec["acc_last"] == accs[-1] == rec["test_acc"]
+        assert all(0 <= a <= 1 and round(a * 500) == a * 500 for a in accs)  # k / 500 test images
+    assert res["final_acc"] == res["final"]["acc_last"] and res["final_best_acc"] == res["final"]["acc_best"]
+    lines = [json.loads(line) for line in open(tmp_path / (res["config"]["name"] + ".log.jsonl"))]
+    assert lines[0]["event"] == "start"
+    train = [x for x in lines if "L_l" in x]
+    evals = [x for x in lines if "test_acc" in x]
+    # every 15 iterations and at the last one, for round 0 and the final training (round 1)
+    assert [(x["round"], x["iter"]) for x in train] == [(r, i) for r in (0, 1) for i in (15, 30, 40)]
+    assert [x["test_acc"] for x in evals] == [p["acc"] for p in res["rounds"][0]["curve"] + res["final"]["curve"]]
+    for x in train:
+        assert {"lr", "L_u", "fairness", "L_s", "L_c", "mask", "tau", "tau_min", "sec_per_iter"} <= set(x)
+        assert 0 <= x["mask"] <= 1 and x["lr"] > 0
+    # lr at iteration 15: the warm-up's (it + 1) / warmup of iteration index 14, times the preset's 1e-3
+    assert train[0]["lr"] == pytest.approx(1e-3 * 15 / 75)
+
+
+def test_layer_decay_reaches_the_optimizer():
+    args = ssal.get_args(["--layer-decay", "0.5"])
+    model = ssal.build_model(args, 10, 32)
+    opt, _ = ssal.build_optimizer(args, model)
+    lr_of = {id(p): g["initial_lr"] for g in opt.param_groups for p in g["params"]}  # before the schedule
+    depth = len(model.blocks)  # timm's groups: embeddings 0, blocks 1..depth, final norm + head depth + 1
+    assert lr_of[id(model.head.weight)] == pytest.approx(1e-3)
+    assert lr_of[id(model.blocks[-1].mlp.fc1.weight)] == pytest.approx(1e-3 * 0.5)
+    assert lr_of[id(model.blocks[0].mlp.fc1.weight)] == pytest.approx(1e-3 * 0.5 ** depth)
+    assert lr_of[id(model.patch_embed.proj.weight)] == pytest.approx(1e-3 * 0.5 ** (depth + 1))
