@@ -1,16 +1,31 @@
-"""Tables and figures of the paper from ssal.py result files.
+"""Tables and figures of the paper from ssal.py result files, and training curves from ssal.py training logs.
 
     python report.py --runs results/runs --out results          # Table 1, Table 2 (Markdown), Fig. 2 (PNG)
+    python report.py --runs results/runs --out results --metric last         # the same with the last accuracy
     python report.py --runs results/runs --out results --fig3 A.features.npz B.features.npz
+    python report.py --runs results/runs --out results --curves NAME [RUN.json] [RUN.log.jsonl] ...
 
 Each cell is mean +- sample std (ddof = 1) over the seeds found (n shown when it is not 3), with the paper's
 number beside it where the paper has that cell. A cell with no result file is shown as "missing", never filled in.
+
+--metric best (default): the best test accuracy of the final training over its periodic evaluations
+(final_best_acc), USB's protocol and the one the paper's numbers follow; it is selected on the test set, so it is
+optimistic. --metric last: the accuracy at the end of training (final_acc), what a user without a test set gets.
+Result files written before periodic evaluation have no final_best_acc: under --metric best their last accuracy is
+used and every cell (Avg, claim, Fig. 2 point) built on one is marked with a dagger, explained under its table.
+
+--curves RUN ...: one PNG per run, <out>/curves_<name>.png, with the loss parts, the mask ratio (and thresholds),
+the learning rate and the test accuracy against iterations, one line per training (query round r, "final" for the
+final training). RUN is a training log <name>.log.jsonl, a result <name>.json (its sibling log is read) or a run
+name looked up in --runs. With --curves, report.py draws the curves only: the tables read every result file and
+rewrite tables.md, which a look at one run's training should not do. A missing log is a one-line error (exit 2).
 """
 import argparse
 import glob
 import json
 import math
 import os
+import sys
 from collections import defaultdict
 
 import numpy as np
@@ -38,20 +53,38 @@ PAPER_T1 = {
 PAPER_T2 = [[56.43, 51.43, 53.65, 52.28], [58.72, 61.02, 63.28, 56.81], [59.57, 62.51, 64.39, 57.25]]
 
 
-def load_runs(folder, by_seed=False):
-    """{(dataset, budget, ssl, variant, al): [final accuracy % per seed, in seed order]}; variant = 'none' or
-    'fa_s<lambda_s>_c<lambda_c>_T<T>'. With by_seed, each value is {seed: accuracy %} instead (for paired
-    comparisons: runs with the same seed share the initial labeled set). Only the paper's protocol of one query
-    round is read."""
-    cells = defaultdict(dict)
+METRICS = {  # the accuracy of a run: --metric
+    "best": "the maximum over the periodic test evaluations of the final training, USB's protocol, which the paper's "
+            "numbers follow; it is selected on the test set, so it is optimistic",
+    "last": "the accuracy at the end of the final training, what a user without a test set gets",
+}
+MARK = "†"
+NOTE = f"{MARK} some runs of this cell have no curve (written before periodic evaluation): last accuracy used."
+
+
+def load_runs(folder, by_seed=False, metric="best"):
+    """Returns (cells, fell_back). cells: {(dataset, budget, ssl, variant, al): [final accuracy % per seed, in seed
+    order]}; variant = 'none' or 'fa_s<lambda_s>_c<lambda_c>_T<T>'. With by_seed, each value is {seed: accuracy %}
+    instead (for paired comparisons: runs with the same seed share the initial labeled set). metric 'best' reads
+    final_best_acc, 'last' final_acc; fell_back is the set of keys of cells where some run has no final_best_acc
+    under 'best' (an old file: its final_acc is used), always empty under 'last'. The same keys index both forms of
+    cells, so the set passes unchanged through seed_lists. Only the paper's protocol of one query round is read."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {sorted(METRICS)}, not {metric!r}")
+    cells, fell_back = defaultdict(dict), set()
     for f in sorted(glob.glob(os.path.join(folder, "*.json"))):
         r = json.load(open(f))
         c = r.get("config", {})
         if "final_acc" not in r or c.get("rounds") != 1:
             continue
         variant = f"fa_s{c['lambda_s']:g}_c{c['lambda_c']:g}_T{c['queue_len']}" if c["fa"] else "none"
-        cells[(c["dataset"], c["budget"], c["ssl"], variant, c["al"])][c["seed"]] = 100 * r["final_acc"]
-    return dict(cells) if by_seed else seed_lists(cells)
+        key = (c["dataset"], c["budget"], c["ssl"], variant, c["al"])
+        acc = r.get("final_best_acc") if metric == "best" else r["final_acc"]
+        if acc is None:  # written before periodic evaluation: only the last accuracy exists
+            acc = r["final_acc"]
+            fell_back.add(key)
+        cells[key][c["seed"]] = 100 * acc
+    return (dict(cells) if by_seed else seed_lists(cells)), fell_back
 
 
 def seed_lists(seeded):
@@ -59,14 +92,21 @@ def seed_lists(seeded):
     return {k: [v[s] for s in sorted(v)] for k, v in seeded.items()}
 
 
-def fmt(v, paper=None):
+def fmt(v, paper=None, marked=False):
+    """mean ± sample std (n=...) of the values v, the dagger if marked, then [the paper's value]."""
     if not v:
         s = "missing"
     else:
         # std: the sample standard deviation over seeds (ddof = 1); none for a single seed
         s = f"{np.mean(v):.2f}" + (f" ± {np.std(v, ddof=1):.2f}" if len(v) > 1 else "")
         s += "" if len(v) == 3 else f" (n={len(v)})"
+        s += f" {MARK}" if marked else ""
     return s if paper is None else f"{s} [{paper:.2f}]"
+
+
+def with_note(md):
+    """A Markdown table, with the dagger's explanation under it when one of its cells is marked."""
+    return md + (f"\n\n{NOTE}" if MARK in md else "")
 
 
 def avg(cells, keys):
@@ -75,7 +115,8 @@ def avg(cells, keys):
     return float(np.mean(vals)) if len(vals) == len(keys) else None
 
 
-def table1(cells, settings, fa_variant):
+def table1(cells, settings, fa_variant, marked=frozenset()):
+    """Table 1 as Markdown; cells whose key is in marked get the dagger (an Avg when one of its cells does)."""
     lines = ["| Setting | Method | " + " | ".join(HEAD) + " | Avg |", "|---" * (len(HEAD) + 3) + "|"]
     for ds, b in settings:
         paper = PAPER_T1.get((ds, b))
@@ -93,23 +134,23 @@ def table1(cells, settings, fa_variant):
                 if name == "+ FA" and j == 0:
                     out.append("-")  # the paper has no Random column with FA
                     continue
-                out.append(fmt(cells.get(key), paper[pk][j] if paper else None))
+                out.append(fmt(cells.get(key), paper[pk][j] if paper else None, key in marked))
             a = avg(cells, keys[1:])
             gain = "(-)" if name == "Supervised" else ("" if a is None or sup_avg is None else f"({a - sup_avg:+.2f})")
             pa = np.mean(paper[pk][1:]) if paper else None
-            a_s = "missing" if a is None else f"{a:.2f} {gain}"
+            a_s = "missing" if a is None else f"{a:.2f} {gain}" + (f" {MARK}" if marked & set(keys[1:]) else "")
             lines.append(f"| {ds} #{b} | {name} | " + " | ".join(out) + f" | {a_s}" +
                          (f" [{pa:.2f}]" if pa is not None else "") + " |")
     return "\n".join(lines)
 
 
-def table2(cells, setting, fa_variant, ls_variant):
+def table2(cells, setting, fa_variant, ls_variant, marked=frozenset()):
     ds, b = setting
     paper = PAPER_T2 if setting == ("cifar100", 100) else None
     lines = ["| Method | " + " | ".join(HEAD[1:]) + " |", "|---" * (len(HEAD)) + "|"]
     for i, (name, var) in enumerate((("FreeMatch", "none"), ("+ L_s", ls_variant), ("+ L_s + L_c", fa_variant))):
-        row = [fmt(cells.get((ds, b, "freematch", var, al)), paper[i][j] if paper else None)
-               for j, al in enumerate(SELECTORS[1:])]
+        row = [fmt(cells.get((ds, b, "freematch", var, al)), paper[i][j] if paper else None,
+                   (ds, b, "freematch", var, al) in marked) for j, al in enumerate(SELECTORS[1:])]
         lines.append(f"| {name} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -138,12 +179,15 @@ def check(seeded, pairs, every=True):
     return ("holds" if ok else "does not hold"), ev
 
 
-def claims(seeded, settings, fa_v, ls_v, lambda_s=1.0, lambda_c=0.01):
-    """The paper's claims (Sec. 4.2-4.4) checked on the runs found ({key: {seed: acc}}): a Markdown table."""
+def claims(seeded, settings, fa_v, ls_v, lambda_s=1.0, lambda_c=0.01, marked=frozenset()):
+    """The paper's claims (Sec. 4.2-4.4) checked on the runs found ({key: {seed: acc}}): a Markdown table. A verdict
+    resting on a cell in marked gets the dagger."""
     lines = ["| Claim | Setting | Here | Evidence |", "|---|---|---|---|"]
     for ds, b in settings:
         def row(claim, pairs, every=True):
-            v, e = check(seeded, [((ds, b, *x), (ds, b, *y)) for x, y in pairs], every)
+            pairs = [((ds, b, *x), (ds, b, *y)) for x, y in pairs]
+            v, e = check(seeded, pairs, every)
+            v += f" {MARK}" if marked & {k for p in pairs for k in p} else ""
             lines.append(f"| {claim} | {ds} #{b} | {v} | {e} |")
 
         for ssl in ("fixmatch", "freematch"):
@@ -231,43 +275,193 @@ def fig3(with_ls, without_ls, path, num_classes=30, highlight=5, seed=0):
     plt.close(fig)
 
 
+LOG_SUFFIX = ".log.jsonl"
+LOSSES = ("L_l", "L_u", "fairness", "L_s", "L_c")
+
+
+def read_log(path):
+    """Parse an ssal.py training log. Returns (rounds, trainings): rounds = the run's number of query rounds R from
+    its last start line (None without one; training R is then the final training), trainings = {r: {"train":
+    [training line dict, ...], "eval": [(iter, test accuracy), ...]}} in file order, one entry per training r.
+    Start lines (they have "event") are skipped; so is a line cut short (a log read while it is written). When a
+    later launch trains a round again (after a start line), its lines replace the earlier launch's for that round."""
+    rounds, trainings, seen = None, {}, set()  # seen: rounds met since the last start line
+    with open(path) as f:
+        for line in f:
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(d, dict):
+                continue
+            if "event" in d:
+                if d["event"] == "start":
+                    rounds, seen = d.get("rounds", rounds), set()
+                continue
+            if "round" not in d or "iter" not in d:
+                continue
+            r = d["round"]
+            if r not in seen:  # first line of this training in this launch: a relaunch starts it afresh
+                trainings[r], seen = {"train": [], "eval": []}, seen | {r}
+            if "test_acc" in d:
+                trainings[r]["eval"].append((d["iter"], d["test_acc"]))
+            else:
+                trainings[r]["train"].append(d)
+    return rounds, dict(sorted(trainings.items()))
+
+
+def best_point(evals):
+    """(iter, accuracy) of the best evaluation (the first of equal ones), None when there is none."""
+    return max(evals, key=lambda e: e[1]) if evals else None
+
+
+def training_label(r, rounds):
+    return "final" if rounds is not None and r == rounds else f"round {r}"
+
+
+def plot_curves(log, path, rounds=None):
+    """One PNG of the training log `log`: a panel per loss part found (log y-axis when all its values are positive;
+    fairness, <= 0, stays linear), one for the mask ratio with the thresholds tau / tau_min, one for the learning
+    rate and one for the test accuracy (best point of each training starred), all against iterations, one line per
+    training. rounds: R when the log has no start line (else the log's). Returns read_log's (rounds, trainings)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    R, trainings = read_log(log)
+    R = rounds if R is None else R
+    keys = {k for t in trainings.values() for d in t["train"] for k in d}
+    panels = [k for k in LOSSES if k in keys] + [k for k in ("mask", "lr") if k in keys]
+    panels += ["test_acc"] if any(t["eval"] for t in trainings.values()) else []
+    ncol = min(3, max(1, len(panels)))
+    nrow = max(1, math.ceil(len(panels) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, key in zip(axes.flat, panels):
+        for i, (r, t) in enumerate(trainings.items()):
+            c, label = colors[i % len(colors)], training_label(r, R)
+            if key == "test_acc":
+                if t["eval"]:
+                    it, acc = zip(*t["eval"])
+                    bi, ba = best_point(t["eval"])
+                    ax.plot(it, [100 * a for a in acc], marker=".", color=c, label=f"{label}: best {100 * ba:.2f} "
+                            f"@ {bi}, last {100 * acc[-1]:.2f}")
+                    ax.plot([bi], [100 * ba], marker="*", ms=12, color=c, ls="none")
+                continue
+            pts = [(d["iter"], d[key]) for d in t["train"] if d.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), color=c, label=label)
+            if key == "mask":
+                for th, ls in (("tau", "--"), ("tau_min", ":")):
+                    pts = [(d["iter"], d[th]) for d in t["train"] if d.get(th) is not None]
+                    if pts:
+                        ax.plot(*zip(*pts), color=c, ls=ls, label=f"{label} {th}")
+        vals = [d[key] for t in trainings.values() for d in t["train"] if d.get(key) is not None]
+        if key in LOSSES and vals and min(vals) > 0:
+            ax.set_yscale("log")
+        title = {"mask": "mask ratio and thresholds" if {"tau", "tau_min"} & keys else "mask ratio",
+                 "lr": "learning rate", "test_acc": "test accuracy (%)"}.get(key, key)
+        ax.set(xlabel="iteration", title=title)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(os.path.basename(log)[:-len(LOG_SUFFIX)] if log.endswith(LOG_SUFFIX) else os.path.basename(log))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return R, trainings
+
+
+def resolve_log(run, runs_dir):
+    """(log path, result .json path) of RUN: a .log.jsonl file, a result .json or a run name in runs_dir."""
+    if run.endswith(LOG_SUFFIX):
+        base = run[:-len(LOG_SUFFIX)]
+    elif run.endswith(".json"):
+        base = run[:-len(".json")]
+    else:
+        base = os.path.join(runs_dir, run)
+    return base + LOG_SUFFIX, base + ".json"
+
+
+def curves(runs, runs_dir, out):
+    """--curves: one PNG per run in out; returns the paths written. A missing log: one line on stderr, exit 2."""
+    found = [resolve_log(r, runs_dir) for r in runs]
+    missing = [log for log, _ in found if not os.path.isfile(log)]
+    if missing:
+        print(f"report.py: no training log {', '.join(missing)}", file=sys.stderr)
+        raise SystemExit(2)
+    os.makedirs(out, exist_ok=True)
+    written = []
+    for log, res in found:
+        rounds = None
+        if os.path.isfile(res):  # R from the result's config, for a log without a start line
+            try:
+                rounds = json.load(open(res)).get("config", {}).get("rounds")
+            except (OSError, ValueError):
+                pass
+        path = os.path.join(out, f"curves_{os.path.basename(log)[:-len(LOG_SUFFIX)]}.png")
+        plot_curves(log, path, rounds)
+        print(path)
+        written.append(path)
+    return written
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Tables 1-2 and Figs. 2-3 from ssal.py result files.")
-    p.add_argument("--runs", default="results/runs", help="folder of ssal.py result .json files")
-    p.add_argument("--out", default="results", help="where tables.md and the figures go")
+    p = argparse.ArgumentParser(description="Tables 1-2 and Figs. 2-3 from ssal.py result files; with --curves, "
+                                            "training curves from ssal.py training logs.")
+    p.add_argument("--runs", default="results/runs", help="folder of ssal.py result .json files (and their logs)")
+    p.add_argument("--out", default="results", help="where tables.md and the figures (or the curves) go")
     p.add_argument("--settings", help="dataset:budget list for Table 1, e.g. 'digits:10 digits:20' "
                                       "(default: every setting found)")
     p.add_argument("--lambda-s", type=float, default=1.0, help="FA weight of the runs to tabulate")
     p.add_argument("--lambda-c", type=float, default=0.01, help="FA weight of the runs to tabulate")
     p.add_argument("--queue-len", type=int, default=10, help="T of the runs to tabulate")
     p.add_argument("--fig3", nargs=2, metavar=("WITH_LS", "WITHOUT_LS"), help="two .features.npz files")
+    p.add_argument("--metric", choices=sorted(METRICS), default="best",
+                   help="accuracy of a run: best = max over the periodic test evaluations of the final training "
+                        "(USB's protocol; selected on the test set, so optimistic), last = at the end of training "
+                        "(default: best; a result file without a curve falls back to last, marked with a dagger)")
+    p.add_argument("--curves", nargs="+", metavar="RUN",
+                   help="draw the training curves only (no tables): <out>/curves_<name>.png per RUN, a "
+                        "<name>.log.jsonl file, a result <name>.json (its sibling log is read) or a run name in --runs")
     args = p.parse_args(argv)
-    seeded = load_runs(args.runs, by_seed=True)
+    if args.curves:
+        return curves(args.curves, args.runs, args.out)
+    seeded, marked = load_runs(args.runs, by_seed=True, metric=args.metric)
     cells = seed_lists(seeded)
     os.makedirs(args.out, exist_ok=True)
     found = sorted({k[:2] for k in cells})
     settings = [(s.split(":")[0], int(s.split(":")[1])) for s in args.settings.split()] if args.settings else found
     fa_v = f"fa_s{args.lambda_s:g}_c{args.lambda_c:g}_T{args.queue_len}"
     ls_v = f"fa_s{args.lambda_s:g}_c0_T{args.queue_len}"
-    md = ["# Results", "", f"Accuracy (%) after one query round, mean ± sample std over seeds; [paper's value]. "
-          f"Avg: mean of the four non-random selectors, (gain over Supervised). FA: lambda_s={args.lambda_s:g}, "
-          f"lambda_c={args.lambda_c:g}, T={args.queue_len}.", "", "## Table 1", "", table1(cells, settings, fa_v)]
+    other = "last" if args.metric == "best" else "best"
+    md = ["# Results", "", f"Metric: **{args.metric}** accuracy = {METRICS[args.metric]}. The other choice, "
+          f"`--metric {other}`, is {METRICS[other]}.", "",
+          "Accuracy (%) after one query round, mean ± sample std over seeds; [paper's value]. "
+          "Avg: mean of the four non-random selectors, (gain over Supervised). "
+          f"FA: lambda_s={args.lambda_s:g}, lambda_c={args.lambda_c:g}, T={args.queue_len}.", "", "## Table 1", "",
+          with_note(table1(cells, settings, fa_v, marked))]
     for s in settings:
         if any(k[:3] == (*s, "freematch") and k[3] == ls_v for k in cells):
-            md += ["", f"## Table 2 ({s[0]} #{s[1]}, FreeMatch)", "", table2(cells, s, fa_v, ls_v)]
+            md += ["", f"## Table 2 ({s[0]} #{s[1]}, FreeMatch)", "", with_note(table2(cells, s, fa_v, ls_v, marked))]
         f2 = fig2(seeded, s, os.path.join(args.out, f"fig2_{s[0]}_{s[1]}.png"), args.lambda_s, args.lambda_c)
         if f2:
             pts, seeds = f2
             acc = {(al, T): a for al, v in pts.items() for T, a in v}
+            fa_T = f"fa_s{args.lambda_s:g}_c{args.lambda_c:g}_T"  # + T: fig2's cells
+
+            def point(al, T):
+                m = f" {MARK}" if (*s, "freematch", f"{fa_T}{T}", al) in marked else ""
+                return f"{acc[(al, T)]:.2f}{m}" if (al, T) in acc else "missing"
+            rows = ["| T | " + " | ".join(HEAD[1:]) + " |", "|---" * len(HEAD) + "|"]
+            rows += [f"| {T} | " + " | ".join(point(al, T) for al in SELECTORS[1:]) + " |"
+                     for T in sorted({T for _, T in acc})]
             md += ["", f"## Fig. 2 ({s[0]} #{s[1]}, FreeMatch + FA): fig2_{s[0]}_{s[1]}.png, {seeds_label(seeds)}",
-                   "", "| T | " + " | ".join(HEAD[1:]) + " |", "|---" * len(HEAD) + "|"]
-            md += [f"| {T} | " + " | ".join(f"{acc[(al, T)]:.2f}" if (al, T) in acc else "missing"
-                                            for al in SELECTORS[1:]) + " |" for T in sorted({T for _, T in acc})]
+                   "", with_note("\n".join(rows))]
     md += ["", "## The paper's claims on these runs", "", "Here: whether the cell means agree with the claim. "
            "Evidence: how many columns agree; the paired differences of single runs (same seed = same initial "
            "labeled set) and a one-sided sign test on them (p: the chance of at least that many wins if the two rows "
            "were equal). 'holds' with a large p is agreement that seed noise alone could produce.", "",
-           claims(seeded, settings, fa_v, ls_v, args.lambda_s, args.lambda_c)]
+           with_note(claims(seeded, settings, fa_v, ls_v, args.lambda_s, args.lambda_c, marked))]
     if args.fig3:
         fig3(*args.fig3, os.path.join(args.out, "fig3.png"))
         md += ["", "Fig. 3: fig3.png"]

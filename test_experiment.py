@@ -2,6 +2,7 @@
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -60,7 +61,9 @@ def test_digits_grid_end_to_end_and_report(tmp_path):
     sup = [r for r in res if r["config"]["ssl"] == "supervised" and r["config"]["al"] == "coreset"][0]
     row = [l for l in md.splitlines() if "| Supervised |" in l][0].split("|")
     # columns: '', setting, method, Random, CoreSet, AlpMix, ActFT, Noise, Avg
-    assert row[4].strip() == f"{100 * sup['final_acc']:.2f} (n=1)"  # CoreSet cell, one seed
+    # CoreSet cell, one seed, --metric best by default (a result without a curve: its last accuracy, marked)
+    old = "final_best_acc" not in sup
+    assert row[4].strip() == f"{100 * sup['final_acc' if old else 'final_best_acc']:.2f} (n=1)" + " †" * old
     assert row[5].strip() == "missing" and row[6].strip() == "missing"  # AlpMix, ActFT never ran
     fa_row = [l for l in md.splitlines() if "| + FA |" in l][0].split("|")
     assert fa_row[3].strip() == "-" and fa_row[8].strip() == "missing"  # no Random with FA; Avg incomplete
@@ -78,7 +81,8 @@ def test_report_means_and_gain(tmp_path):
                 cfg = dict(dataset="cifar100", budget=100, ssl=ssl, fa=fa, lambda_s=1.0, lambda_c=0.01,
                            queue_len=10, al=al, rounds=1, seed=seed)
                 json.dump({"config": cfg, "final_acc": a}, open(tmp_path / f"{ssl}{fa}{al}{seed}.json", "w"))
-    cells = report.load_runs(str(tmp_path))
+    cells, fell_back = report.load_runs(str(tmp_path), metric="last")
+    assert fell_back == set()
     md = report.table1(cells, [("cifar100", 100)], "fa_s1_c0.01_T10")
     rows = {l.split("|")[2].strip(): l.split("|") for l in md.splitlines()[2:]}
     # sample std of 52, 50, 54: sqrt((0 + 4 + 4) / (3 - 1)) = 2
@@ -125,3 +129,123 @@ def test_fig2_points_average_common_seeds(tmp_path):
     assert pts["coreset"] == [(1, 50.0), (10, 60.0)] and pts["noise"] == [(10, 40.0)] and pts["alphamix"] == []
     assert (tmp_path / "f.png").stat().st_size > 0
     assert report.fig2({key(10, "coreset"): {0: 60.0}}, ("digits", 10), str(tmp_path / "g.png")) is None
+
+
+def write_result(folder, name, al, seed, best=None, last=None):
+    """A hand-written result file of ssal.py (one query round); best=None: an old file with no curve."""
+    cfg = dict(dataset="digits", budget=10, ssl="supervised", fa=False, lambda_s=1.0, lambda_c=0.01, queue_len=10,
+               al=al, rounds=1, seed=seed)
+    r = {"config": cfg, "final_acc": last, "final": {"test_acc": last}}
+    if best is not None:
+        curve = [{"iter": 2048, "acc": best}, {"iter": 4096, "acc": last}]
+        r["final"].update(curve=curve, acc_best=best, acc_last=last)
+        r["final_best_acc"] = best
+    json.dump(r, open(os.path.join(folder, name + ".json"), "w"))
+
+
+def test_metric_best_last_and_the_fallback_mark(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    # coreset, alphamix, activeft: best 60, 62, 64 / last 50, 52, 54 over seeds 0-2
+    for al in ("coreset", "alphamix", "activeft"):
+        for seed, (b, l) in enumerate([(0.60, 0.50), (0.62, 0.52), (0.64, 0.54)]):
+            write_result(runs, f"{al}{seed}", al, seed, b, l)
+    # noise: seeds 0, 1 with a curve (best 70, last 60); seed 2 an old file with only its last accuracy 66
+    write_result(runs, "noise0", "noise", 0, 0.70, 0.60)
+    write_result(runs, "noise1", "noise", 1, 0.70, 0.60)
+    write_result(runs, "noise2", "noise", 2, None, 0.66)
+    noise = ("digits", 10, "supervised", "none", "noise")
+
+    seeded, fell_back = report.load_runs(str(runs), by_seed=True)  # best by default
+    assert seeded[noise] == pytest.approx({0: 70.0, 1: 70.0, 2: 66.0}) and fell_back == {noise}
+    cells, fell_back = report.load_runs(str(runs), metric="last")
+    assert cells[noise] == pytest.approx([60.0, 60.0, 66.0]) and fell_back == set()
+    with pytest.raises(ValueError):
+        report.load_runs(str(runs), metric="max")
+
+    def table(metric):
+        report.main(["--runs", str(runs), "--out", str(tmp_path / metric), "--metric", metric])
+        md = (tmp_path / metric / "tables.md").read_text()
+        row = [l for l in md.splitlines() if "| Supervised |" in l][0].split("|")
+        # columns: '', setting, method, Random, CoreSet, AlpMix, ActFT, Noise, Avg
+        return md, [c.strip() for c in row[3:9]]
+
+    md, row = table("best")
+    assert "Metric: **best**" in md and "maximum over the periodic test evaluations" in md
+    # best: 60, 62, 64 -> 62 ± 2 (sample std sqrt((4 + 0 + 4) / 2)); noise 70, 70, 66 -> 68.67, std: deviations
+    # 4/3, 4/3, -8/3 -> sqrt((16 + 16 + 64) / 9 / 2) = sqrt(16 / 3) = 2.31, marked; Avg (62 * 3 + 68.67) / 4 = 63.67
+    assert row == ["missing", "62.00 ± 2.00", "62.00 ± 2.00", "62.00 ± 2.00", "68.67 ± 2.31 †", "63.67 (-) †"]
+    assert report.NOTE in md and report.NOTE.startswith("† some runs of this cell have no curve")
+    md, row = table("last")
+    assert "Metric: **last**" in md and "at the end of the final training" in md
+    # last: 50, 52, 54 -> 52 ± 2; noise 60, 60, 66 -> 62 ± sqrt((4 + 4 + 16) / 2) = 3.46, no mark; Avg 54.50
+    assert row == ["missing", "52.00 ± 2.00", "52.00 ± 2.00", "52.00 ± 2.00", "62.00 ± 3.46", "54.50 (-)"]
+    assert "†" not in md
+
+
+LOG = [  # a hand-written training log of a run with one query round: training 0, then the final training 1
+    {"event": "start", "name": "x", "rounds": 1, "iters": 6},
+    {"round": 0, "iter": 2, "lr": 0.001, "L_l": 2.0, "L_u": 0.5, "fairness": -0.1, "mask": 0.2, "tau": 0.9,
+     "tau_min": 0.8, "sec_per_iter": 0.1},
+    {"round": 0, "iter": 2, "test_acc": 0.40},
+    {"round": 0, "iter": 4, "lr": 0.0005, "L_l": 1.0, "L_u": 0.4, "fairness": -0.3, "mask": 0.5, "tau": 0.8,
+     "tau_min": 0.7, "sec_per_iter": 0.1},
+    {"round": 0, "iter": 4, "test_acc": 0.35},
+    {"round": 1, "iter": 2, "lr": 0.001, "L_l": 1.5, "L_u": 0.6, "fairness": -0.2, "mask": 0.3, "tau": 0.85,
+     "tau_min": 0.75, "sec_per_iter": 0.2},
+    {"round": 1, "iter": 2, "test_acc": 0.50},
+    {"round": 1, "iter": 4, "test_acc": 0.70},
+    {"round": 1, "iter": 6, "lr": 0.0001, "L_l": 0.5, "L_u": 0.2, "fairness": -0.4, "mask": 0.9, "tau": 0.7,
+     "tau_min": 0.6, "sec_per_iter": 0.2},
+    {"round": 1, "iter": 6, "test_acc": 0.60},
+]
+
+
+def write_log(path, lines, tail=""):
+    path.write_text("".join(json.dumps(d) + "\n" for d in lines) + tail)
+
+
+def test_read_log_groups_by_training_and_finds_the_best(tmp_path):
+    log = tmp_path / "x.log.jsonl"
+    write_log(log, LOG, tail='{"round": 1, "iter": 8, "te')  # a line cut short (a log being written): skipped
+    rounds, tr = report.read_log(str(log))
+    assert rounds == 1 and list(tr) == [0, 1]
+    assert [d["iter"] for d in tr[0]["train"]] == [2, 4] and [d["L_l"] for d in tr[0]["train"]] == [2.0, 1.0]
+    assert [d["fairness"] for d in tr[1]["train"]] == [-0.2, -0.4] and [d["iter"] for d in tr[1]["train"]] == [2, 6]
+    assert tr[0]["eval"] == [(2, 0.40), (4, 0.35)] and tr[1]["eval"] == [(2, 0.50), (4, 0.70), (6, 0.60)]
+    assert not any("event" in d or "test_acc" in d for t in tr.values() for d in t["train"])
+    assert report.best_point(tr[0]["eval"]) == (2, 0.40) and report.best_point(tr[1]["eval"]) == (4, 0.70)
+    assert report.best_point([]) is None
+    assert [report.training_label(r, rounds) for r in tr] == ["round 0", "final"]
+    # a second launch training the final round again replaces that round's lines, keeps round 0's
+    write_log(log, LOG + [{"event": "start", "name": "x", "rounds": 1}, {"round": 1, "iter": 3, "test_acc": 0.2}])
+    rounds, tr = report.read_log(str(log))
+    assert tr[1] == {"train": [], "eval": [(3, 0.2)]} and tr[0]["eval"] == [(2, 0.40), (4, 0.35)]
+
+
+def test_curves_writes_one_png_per_run(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    write_log(runs / "a.log.jsonl", LOG)
+    write_log(runs / "b.log.jsonl", [d for d in LOG if "event" not in d])  # no start line: R from b.json
+    json.dump({"config": {"rounds": 1}}, open(runs / "b.json", "w"))
+    write_log(runs / "c.log.jsonl", [{"round": 0, "iter": 1, "L_l": 1.0}])  # supervised, no evaluation yet
+    out = tmp_path / "out"
+    # the three ways to name a run: a log file, a result .json (its sibling log) and a run name in --runs
+    written = report.main(["--runs", str(runs), "--out", str(out), "--curves", str(runs / "a.log.jsonl"),
+                           str(runs / "b.json"), "c"])
+    assert written == [str(out / f"curves_{n}.png") for n in "abc"]
+    assert all(os.path.getsize(p) > 0 for p in written)
+    assert capsys.readouterr().out.split() == written  # each path printed
+    assert not (out / "tables.md").exists()  # curves only
+    R, tr = report.plot_curves(str(runs / "b.log.jsonl"), str(tmp_path / "b.png"), rounds=1)
+    assert R == 1 and report.best_point(tr[R]["eval"]) == (4, 0.70)
+
+
+def test_curves_missing_log_is_one_line_and_exit_2(tmp_path):
+    json.dump({"config": {"rounds": 1}}, open(tmp_path / "old.json", "w"))  # a result with no log beside it
+    p = subprocess.run([sys.executable, os.path.join(HERE, "report.py"), "--runs", str(tmp_path), "--out",
+                        str(tmp_path / "out"), "--curves", str(tmp_path / "old.json")], capture_output=True, text=True)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.count("\n") == 1 and str(tmp_path / "old.log.jsonl") in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "out").exists()
