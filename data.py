@@ -4,16 +4,20 @@
     cifar100      torchvision's CIFAR-100 under --data-dir (downloaded only with --download), 100 classes
     tinyimagenet  the standard tiny-imagenet-200 folder under --data-dir, 200 classes, 64x64
 
-Every loader returns uint8 images [N, H, W, 3] and int64 labels, in memory. Views:
-    weak   alpha(x): random crop with padding (+ horizontal flip, except on digits, which are not mirror-symmetric)
-    strong A(x):    weak + RandAugment (3 ops) + Cutout (torchvision's RandomErasing with a square, value 0)
+Every loader returns uint8 images [N, H, W, 3] and int64 labels, in memory. Views, as USB builds them (semilearn's
+datasets/cv_datasets/cifar.py and datasets/augmentation/randaugment.py):
+    weak   alpha(x): random crop with padding int(0.125 size), reflect (+ horizontal flip, except on digits, which are
+                     not mirror-symmetric)
+    strong A(x):    weak + USB's RandAugment(3, 5) (3 of 14 PIL ops, with replacement, each with a magnitude drawn
+                     from its own range) + Cutout (a square of side U[0, 0.5) x width, grey (125, 123, 114))
     plain          no augmentation (the test set)
+All of them end in ToTensor + Normalize. Every random draw comes from torch's global RNG (see UsbRandAugment).
 """
 import os
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageEnhance, ImageOps
 from torchvision import transforms as T
 
 
@@ -97,7 +101,9 @@ def load_tinyimagenet_arrays(data_dir):
 
 # name -> (num_classes, image size, horizontal flip in the weak view)
 DATASETS = {"digits": (10, 32, False), "cifar100": (100, 32, True), "tinyimagenet": (200, 64, True)}
-CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+# USB's CIFAR-100 statistics (cv_datasets/cifar.py: mean / std on the 0..255 scale, divided by 255)
+CIFAR100_MEAN = tuple(v / 255 for v in (129.3, 124.1, 112.4))
+CIFAR100_STD = tuple(v / 255 for v in (68.2, 65.4, 70.4))
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -122,15 +128,113 @@ class Data:
         self.views = make_views(self.size, flip, mean, std)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# the views
+
+def _affine(img, coeffs):
+    """PIL's affine warp with its defaults, as USB calls it: nearest neighbour, black outside the image.
+    coeffs (a, b, c, d, e, f) map an output pixel (x, y) to the input pixel (a x + b y + c, d x + e y + f)."""
+    return img.transform(img.size, Image.AFFINE, coeffs)
+
+
+# USB's RandAugment ops: name -> (op(img, v), (low, high) of v). Ops, ranges and formulas follow augment_list() and
+# the functions of the same names in semilearn/datasets/augmentation/randaugment.py. The magnitude v is drawn
+# uniformly in [low, high) for every op, also for those that ignore it (AutoContrast, Equalize, Identity).
+USB_OPS = {
+    "AutoContrast": (lambda img, v: ImageOps.autocontrast(img), (0, 1)),
+    "Brightness": (lambda img, v: ImageEnhance.Brightness(img).enhance(v), (0.05, 0.95)),
+    "Color": (lambda img, v: ImageEnhance.Color(img).enhance(v), (0.05, 0.95)),
+    "Contrast": (lambda img, v: ImageEnhance.Contrast(img).enhance(v), (0.05, 0.95)),
+    "Equalize": (lambda img, v: ImageOps.equalize(img), (0, 1)),
+    "Identity": (lambda img, v: img, (0, 1)),
+    "Posterize": (lambda img, v: ImageOps.posterize(img, int(v)), (4, 8)),  # bits int(v): 4..7
+    "Rotate": (lambda img, v: img.rotate(v), (-30, 30)),  # degrees, counter-clockwise, about the centre
+    "Sharpness": (lambda img, v: ImageEnhance.Sharpness(img).enhance(v), (0.05, 0.95)),
+    "ShearX": (lambda img, v: _affine(img, (1, v, 0, 0, 1, 0)), (-0.3, 0.3)),
+    "ShearY": (lambda img, v: _affine(img, (1, 0, 0, v, 1, 0)), (-0.3, 0.3)),
+    "Solarize": (lambda img, v: ImageOps.solarize(img, v), (0, 256)),  # invert the pixels >= v
+    "TranslateX": (lambda img, v: _affine(img, (1, 0, v * img.size[0], 0, 1, 0)), (-0.3, 0.3)),  # v x width
+    "TranslateY": (lambda img, v: _affine(img, (1, 0, 0, 0, 1, v * img.size[1])), (-0.3, 0.3)),  # v x height
+}
+CUTOUT_FILL = (125, 123, 114)  # USB's CutoutAbs colour (on the 0..255 scale, before Normalize)
+
+
+def _uniform(low, high):
+    """One draw from U[low, high) on torch's global RNG."""
+    return low + (high - low) * torch.rand(()).item()
+
+
+def sample_magnitude(name):
+    """A magnitude for op `name`, uniform in its range (USB: min_val + (max_val - min_val) * random.random())."""
+    return _uniform(*USB_OPS[name][1])
+
+
+def cutout_box(w, h, v, cx, cy):
+    """The pixels Cutout paints, as a box (left, top, right, bottom), right / bottom excluded, for side v and the
+    centre (cx, cy), all in pixels. As USB's CutoutAbs: the corner is int(max(0, c - v / 2)), the far side is
+    min(size, corner + v), so a square cut by the left / top edge keeps its side and one cut by the right / bottom
+    edge is shortened; USB paints with PIL's ImageDraw.rectangle, which includes the far side's pixel (Pillow
+    truncates its float coordinates), so the painted side is int(v) + 1 pixels before the clipping."""
+    x0, y0 = int(max(0.0, cx - v / 2)), int(max(0.0, cy - v / 2))
+    x1, y1 = min(w, x0 + v), min(h, y0 + v)
+    return x0, y0, min(w, int(x1) + 1), min(h, int(y1) + 1)
+
+
+class UsbCutout:
+    """USB's Cutout as RandAugment applies it (randaugment.py, RandAugment.__call__, Cutout and CutoutAbs): a square
+    of side v = U[0, 0.5) x width, centre uniform over the image, painted grey (125, 123, 114). v = 0 paints nothing."""
+
+    def __init__(self, max_fraction=0.5, fill=CUTOUT_FILL):
+        self.max_fraction, self.fill = max_fraction, fill
+
+    def __call__(self, img):
+        v = _uniform(0, self.max_fraction) * img.size[0]
+        if v <= 0:
+            return img
+        w, h = img.size
+        cx, cy = _uniform(0, w), _uniform(0, h)
+        img = img.copy()
+        img.paste(self.fill, cutout_box(w, h, v, cx, cy))
+        return img
+
+
+class UsbRandAugment:
+    """USB's RandAugment(n, m) (randaugment.py, class RandAugment): n ops drawn with replacement from USB_OPS, each
+    applied with a magnitude drawn uniformly from its own range (m, a fixed magnitude in FixMatch, is unused in
+    USB and so absent here), then Cutout. PIL image in, PIL image out.
+
+    Deviation from USB: USB draws the ops and magnitudes with Python's `random` and the Cutout centre with
+    numpy.random. Here every draw (ops, magnitudes, Cutout side and centre) comes from torch's global RNG, the one
+    that Views(view_seed=...) forks and seeds per item and that DataLoader seeds per worker, so that a fixed torch
+    seed gives a fixed view. The draws keep USB's order: the n ops, each op's magnitude, Cutout's side, x, y.
+    """
+
+    def __init__(self, n=3):
+        self.n = n
+        self.names = tuple(USB_OPS)  # names, not the functions: the transform pickles for spawned DataLoader workers
+        self.cutout = UsbCutout()
+
+    def __call__(self, img):
+        for k in torch.randint(len(self.names), (self.n,)).tolist():
+            op, _ = USB_OPS[self.names[k]]
+            img = op(img, sample_magnitude(self.names[k]))
+        return self.cutout(img)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(n={self.n}, ops={len(self.names)}, cutout=0.5)"
+
+
 def make_views(size, flip, mean, std):
-    """weak / strong / plain transforms, PIL image -> normalised float tensor [3, size, size]."""
-    weak = [T.RandomCrop(size, padding=size // 8, padding_mode="reflect")] + ([T.RandomHorizontalFlip()] if flip else [])
+    """weak / strong / plain transforms, PIL image -> normalised float tensor [3, size, size], as USB's cifar.py.
+    USB starts with Resize(size), a no-op here: every loader gives size x size images. The crop and flip draw from
+    torch's global RNG (torchvision), as UsbRandAugment does."""
+    weak = [T.RandomCrop(size, padding=int(size * 0.125), padding_mode="reflect")]  # USB: int(size (1 - crop_ratio))
+    if flip:
+        weak.append(T.RandomHorizontalFlip())
     to_tensor = [T.ToTensor(), T.Normalize(mean, std)]
-    # Cutout as in FixMatch/USB: one square of side up to half the image, filled with 0 (the mean after Normalize).
-    cutout = T.RandomErasing(p=1.0, scale=(0.01, 0.25), ratio=(1.0, 1.0), value=0)
     return {
         "weak": T.Compose(weak + to_tensor),
-        "strong": T.Compose(weak + [T.RandAugment(num_ops=3)] + to_tensor + [cutout]),
+        "strong": T.Compose(weak + [UsbRandAugment(3)] + to_tensor),
         "plain": T.Compose(to_tensor),
     }
 

@@ -73,6 +73,235 @@ def test_digits_weak_view_never_flips(digits):
         assert cols.float().mean() < 16  # the bar stays on the left half
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# USB's views: RandAugment ops and ranges, Cutout, seeding, the weak crop
+
+# USB's augment_list() as written down in /work/shared/usb-protocol.md, typed here independently of data.py
+USB_RANGES = {"AutoContrast": (0, 1), "Brightness": (0.05, 0.95), "Color": (0.05, 0.95), "Contrast": (0.05, 0.95),
+              "Equalize": (0, 1), "Identity": (0, 1), "Posterize": (4, 8), "Rotate": (-30, 30),
+              "Sharpness": (0.05, 0.95), "ShearX": (-0.3, 0.3), "ShearY": (-0.3, 0.3), "Solarize": (0, 256),
+              "TranslateX": (-0.3, 0.3), "TranslateY": (-0.3, 0.3)}
+FILL = (125, 123, 114)
+
+
+def _rgb(size=32, seed=0):
+    from PIL import Image
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def _raw_views(size, flip=True):
+    """Views whose Normalize is the identity, so that tensor * 255 gives back the uint8 pixels."""
+    return D.make_views(size, flip, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+
+def _u8(t):
+    return (t * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def test_usb_op_table_and_magnitude_ranges():
+    assert {k: tuple(r) for k, (_, r) in D.USB_OPS.items()} == USB_RANGES
+    torch.manual_seed(0)
+    for name, (lo, hi) in USB_RANGES.items():
+        v = np.array([D.sample_magnitude(name) for _ in range(3000)])
+        span = hi - lo
+        assert v.min() >= lo and v.max() < hi, name
+        assert v.min() - lo < 0.01 * span and hi - v.max() < 0.01 * span, name  # both ends approached
+        assert abs(v.mean() - (lo + hi) / 2) < 0.03 * span, name  # spread over the range (uniform)
+        assert abs(np.mean(v < lo + span / 4) - 0.25) < 0.04, name
+    # Posterize keeps int(v) bits: 4, 5, 6 or 7, about equally often
+    bits = np.array([int(D.sample_magnitude("Posterize")) for _ in range(2000)])
+    assert np.abs(np.bincount(bits, minlength=8)[4:] / 2000 - 0.25).max() < 0.05 and set(bits) == {4, 5, 6, 7}
+
+
+def test_usb_ops_match_independent_computations():
+    from PIL import ImageEnhance, ImageOps
+    img = _rgb(32, seed=1)
+    x = np.asarray(img).astype(np.int64)
+    op = {k: f for k, (f, _) in D.USB_OPS.items()}
+    out = lambda name, v: np.asarray(op[name](img, v)).astype(np.int64)
+    for t in (0.0, 100.5, 200.0, 255.9):  # pixels >= t are inverted
+        assert np.array_equal(out("Solarize", t), np.where(x < t, x, 255 - x))
+        assert np.array_equal(out("Solarize", t), np.asarray(ImageOps.solarize(img, t)))
+    for v, b in ((4.0, 4), (6.9, 6), (7.99, 7)):  # int(v) bits kept
+        assert np.array_equal(out("Posterize", v), x & (256 - 2 ** (8 - b)))
+    assert np.array_equal(out("Rotate", 90), np.rot90(x))  # counter-clockwise about the centre
+    for a in (-30.0, 17.3):
+        assert np.array_equal(out("Rotate", a), np.asarray(img.rotate(a)))
+    assert (out("Rotate", 30)[0, 0] == 0).all()  # black fill in the corners
+    ys, xs = np.mgrid[0:32, 0:32]
+    for v in (-0.3, 0.13, 0.25):  # nearest neighbour on pixel centres, black outside
+        xi = np.floor(xs + 0.5 + v * (ys + 0.5)).astype(int)
+        ref = np.where(((xi >= 0) & (xi < 32))[..., None], x[ys, np.clip(xi, 0, 31)], 0)
+        assert np.array_equal(out("ShearX", v), ref)
+        yi = np.floor(ys + 0.5 + v * (xs + 0.5)).astype(int)
+        ref = np.where(((yi >= 0) & (yi < 32))[..., None], x[np.clip(yi, 0, 31), xs], 0)
+        assert np.array_equal(out("ShearY", v), ref)
+    tx = out("TranslateX", 0.25)  # 0.25 x 32 = 8 pixels: the content moves left
+    assert np.array_equal(tx[:, :24], x[:, 8:]) and (tx[:, 24:] == 0).all()
+    ty = out("TranslateY", -0.25)  # the content moves down
+    assert np.array_equal(ty[8:], x[:24]) and (ty[:8] == 0).all()
+    assert np.abs(out("Brightness", 0.5) - x * 0.5).max() <= 1  # a blend with black
+    grey = (x * np.array([299, 587, 114])).sum(-1, keepdims=True) / 1000  # ITU-R 601-2 luma, as PIL's "L"
+    assert np.abs(out("Color", 0.0) - grey).max() <= 1  # factor 0: the grey image
+    for name, ref in (("AutoContrast", ImageOps.autocontrast(img)), ("Equalize", ImageOps.equalize(img)),
+                      ("Contrast", ImageEnhance.Contrast(img).enhance(0.3)),
+                      ("Sharpness", ImageEnhance.Sharpness(img).enhance(0.3)), ("Identity", img)):
+        assert np.array_equal(out(name, 0.3), np.asarray(ref)), name
+
+
+def test_rand_augment_draws_3_ops_with_replacement_then_cutout(monkeypatch):
+    calls = []
+    for name, (f, rng) in list(D.USB_OPS.items()):
+        monkeypatch.setitem(D.USB_OPS, name, (lambda img, v, name=name: calls.append((name, v)) or img, rng))
+    ra = D.UsbRandAugment(3)
+    monkeypatch.setattr(ra, "cutout", lambda img: calls.append(("Cutout", None)) or img)
+    torch.manual_seed(0)
+    img, per_call = _rgb(8), []
+    for _ in range(700):
+        calls.clear()
+        ra(img)
+        assert len(calls) == 4 and calls[-1][0] == "Cutout"  # 3 ops, then Cutout
+        per_call.append([n for n, _ in calls[:3]])
+        for n, v in calls[:3]:
+            lo, hi = USB_RANGES[n]
+            assert lo <= v < hi, (n, v)
+    counts = {n: sum(c.count(n) for c in per_call) for n in USB_RANGES}
+    assert all(100 < c < 200 for c in counts.values()), counts  # uniform over 14: 150 each
+    # with replacement: the same op twice in one call, P = 1 - (13 * 12) / 14^2 ~ 0.2
+    assert 0.12 < np.mean([len(set(c)) < 3 for c in per_call]) < 0.28
+
+
+def test_cutout_box_follows_usb_cutoutabs():
+    from PIL import Image, ImageDraw
+    assert D.cutout_box(32, 32, 8.0, 16.0, 16.0) == (12, 12, 21, 21)  # corner 12, far side 20 included
+    assert D.cutout_box(32, 32, 10.0, 1.0, 31.0) == (0, 26, 11, 32)  # left edge: full side; bottom edge: cut
+    assert D.cutout_box(32, 32, 7.5, 10.3, 4.0) == (6, 0, 14, 8)  # int(6.55) .. int(13.55)
+    # the same pixels as USB's drawing: ImageDraw.rectangle((x0, y0, x1, y1)) with x0 = int(max(0, cx - v/2)),
+    # x1 = min(w, x0 + v)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        w = 40
+        v, cx, cy = (torch.rand(3, generator=g) * torch.tensor([0.5 * w, w, w])).tolist()
+        x0, y0 = int(max(0, cx - v / 2)), int(max(0, cy - v / 2))
+        usb = Image.new("RGB", (w, w))
+        ImageDraw.Draw(usb).rectangle((x0, y0, min(w, x0 + v), min(w, y0 + v)), FILL)
+        ours = Image.new("RGB", (w, w))
+        ours.paste(FILL, D.cutout_box(w, w, v, cx, cy))
+        assert np.array_equal(np.asarray(usb), np.asarray(ours)), (v, cx, cy)
+
+
+def test_cutout_side_distribution_fill_and_border():
+    from PIL import Image
+    w = 128
+    blank = Image.new("RGB", (w, w))
+    cut = D.UsbCutout()
+    torch.manual_seed(0)
+    sides, lefts, left_cut, right_cut = [], [], 0, 0
+    for _ in range(1500):
+        a = np.asarray(cut(blank))
+        m = a.any(-1)
+        assert m.any()
+        assert (a[m] == FILL).all()  # exactly USB's grey, nothing else touched
+        rows, cols = m.any(1).nonzero()[0], m.any(0).nonzero()[0]
+        assert m.sum() == len(rows) * len(cols) == (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)  # a box
+        wd, ht = len(cols), len(rows)
+        sides.append(max(wd, ht))  # the full side unless cut on two sides (right and bottom: ~2% of draws)
+        lefts.append(cols[0])
+        if cols[0] == 0 and rows[-1] < w - 1:
+            left_cut += 1
+            assert wd == ht  # USB shifts a square cut by the left edge: it keeps its side
+        if cols[-1] == w - 1 and rows[-1] < w - 1 and rows[0] > 0:
+            right_cut += wd < ht  # cut by the right edge: shortened
+    sides = np.array(sides)
+    # side = int(U[0, 0.5) w) + 1 pixels (USB's rectangle includes its far side)
+    assert sides.max() <= 0.5 * w + 1 and sides.max() > 0.48 * w and sides.min() <= 0.02 * w + 1
+    assert abs(sides.mean() - 0.25 * w) < 0.02 * w
+    assert abs(np.mean(sides <= 0.25 * w) - 0.5) < 0.05
+    assert left_cut > 40 and right_cut > 40
+    assert min(lefts) == 0 and max(lefts) > 0.9 * w  # the centre goes all over the image
+
+
+def test_strong_view_is_weak_crop_then_ops_then_grey_cutout_before_normalise(monkeypatch):
+    from PIL import Image
+    raw = _raw_views(32)
+    # a black image stays black under every op (up to Solarize at exactly 0): only Cutout's grey shows, unnormalised
+    black = Image.new("RGB", (32, 32))
+    torch.manual_seed(0)
+    for _ in range(50):
+        a = _u8(raw["strong"](black))
+        m = a.any(-1)
+        assert (a[m] == FILL).all() and m.any()
+    normed = D.make_views(32, True, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))["strong"](black)
+    vals = {round(float(v), 4) for v in normed.flatten()}
+    assert vals <= {-2.0} | {round((c / 255 - 0.5) / 0.25, 4) for c in FILL} and len(vals) > 1
+    # ops replaced by Identity: the strong view is the weak view (same crop and flip draws) plus the grey square
+    for name, (_, rng) in list(D.USB_OPS.items()):
+        monkeypatch.setitem(D.USB_OPS, name, (lambda img, v: img, rng))
+    img = _rgb(32, seed=2)
+    for s in range(20):
+        torch.manual_seed(s)
+        weak = _u8(raw["weak"](img))
+        torch.manual_seed(s)
+        strong = _u8(raw["strong"](img))
+        diff = (weak != strong).any(-1)
+        assert (strong[diff] == FILL).all() and diff.sum() < 32 * 32 / 2
+
+
+def test_strong_view_fixed_by_torch_seed_only():
+    import random
+    strong = D.make_views(32, True, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))["strong"]
+    img = _rgb(32, seed=3)
+    out = []
+    for s, other in ((5, 1), (5, 2), (6, 1)):
+        torch.manual_seed(s)
+        random.seed(other)  # Python's and numpy's RNGs play no part
+        np.random.seed(other)
+        out.append(strong(img))
+    assert torch.equal(out[0], out[1]) and not torch.equal(out[0], out[2])
+    torch.manual_seed(0)
+    draws = [strong(img) for _ in range(10)]
+    assert len({d.numpy().tobytes() for d in draws}) == 10
+
+
+def test_views_view_seed_gives_same_strong_view_every_pass():
+    x = np.random.default_rng(4).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    views = D.make_views(32, True, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    ds = D.Views(x, np.zeros(3, np.int64), [0, 1, 2], views, view_seed=11)
+    a = [ds[k] for k in range(3)]
+    torch.manual_seed(123)  # the global RNG does not matter with a view seed, nor does it move
+    state = torch.get_rng_state()
+    b = [ds[k] for k in range(3)]
+    assert torch.equal(state, torch.get_rng_state())
+    for u, v in zip(a, b):
+        assert torch.equal(u["strong"], v["strong"]) and torch.equal(u["weak"], v["weak"])
+    other = D.Views(x, np.zeros(3, np.int64), [0, 1, 2], views, view_seed=12)
+    assert any(not torch.equal(other[k]["strong"], a[k]["strong"]) for k in range(3))
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_weak_view_is_a_reflect_padded_crop_with_flip(size):
+    from numpy.lib.stride_tricks import sliding_window_view
+    p = int(size * 0.125)  # 4 at 32, 8 at 64
+    img = _rgb(size, seed=5)
+    x = np.asarray(img)
+    padded = np.pad(x, ((p, p), (p, p), (0, 0)), mode="reflect")  # mirror without repeating the edge
+    win = sliding_window_view(padded, (size, size, 3))[:, :, 0]  # [2p+1, 2p+1, size, size, 3]
+    weak = _raw_views(size, flip=True)["weak"]
+    torch.manual_seed(0)
+    dys, dxs, flips = [], [], []
+    for _ in range(120):
+        w = _u8(weak(img))
+        hits = [(dy, dx, f) for f, ww in ((False, w), (True, w[:, ::-1]))
+                for dy, dx in zip(*np.nonzero((win[:, :, 0, 0] == ww[0, 0]).all(-1)))  # candidates: corner pixel
+                if np.array_equal(win[dy, dx], ww)]
+        assert len(hits) == 1  # exactly one shift (and flip) explains the view
+        dy, dx, f = hits[0]
+        dys.append(dy), dxs.append(dx), flips.append(f)
+    # shifts of up to p pixels either way, both extremes reached; flips about half the time
+    assert min(dys) == min(dxs) == 0 and max(dys) == max(dxs) == 2 * p
+    assert 0.3 < np.mean(flips) < 0.7
+
+
 def test_missing_datasets_are_clear_errors(tmp_path):
     with pytest.raises(D.DataError, match="cifar-100-python.*--download"):
         D.Data("cifar100", str(tmp_path))
