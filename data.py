@@ -300,13 +300,16 @@ class Views(torch.utils.data.Dataset):
 def loader(dataset, batch_size, shuffle=False, num_samples=None, seed=0, workers=0, drop_last=False):
     """A DataLoader; with num_samples, a seeded sampler that walks through fresh permutations of the data
     until num_samples items are drawn (an endless stream cut to the training length)."""
-    g = torch.Generator().manual_seed(seed)
     sampler = None
     if num_samples is not None:
+        g = torch.Generator().manual_seed(seed)
         sampler = torch.utils.data.RandomSampler(dataset, replacement=False, num_samples=num_samples, generator=g)
         shuffle = False
+    # The loader's own generator (shuffling, the workers' base seed) is never torch's global one: a DataLoader
+    # without a generator draws the base seed from the global RNG each time it is iterated, and on the CPU the
+    # views of the main process draw from that RNG too, so an evaluation pass would shift training's augmentation.
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
-                                       generator=g if shuffle else None, num_workers=workers,
+                                       generator=torch.Generator().manual_seed(seed), num_workers=workers,
                                        drop_last=drop_last, persistent_workers=False,
                                        pin_memory=torch.cuda.is_available())
 
