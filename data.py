@@ -13,7 +13,9 @@ datasets/cv_datasets/cifar.py and datasets/augmentation/randaugment.py):
     plain          no augmentation (the test set)
 All of them end in ToTensor + Normalize. Every random draw comes from torch's global RNG (see UsbRandAugment).
 """
+import hashlib
 import os
+import struct
 
 import numpy as np
 import torch
@@ -268,21 +270,34 @@ def pool_of(num_train, labeled):
 # ----------------------------------------------------------------------------------------------------------------
 # torch datasets
 
+def mix_seed(*ints):
+    """A 63-bit seed from a tuple of ints (blake2b): different tuples give unrelated seeds."""
+    digest = hashlib.blake2b(struct.pack(f"<{len(ints)}q", *ints), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 class Views(torch.utils.data.Dataset):
     """Items of a subset of an image array, each a dict {'idx': dataset index, 'y': label, <view>: tensor ...}.
 
-    `idx` lets queues and selections refer to the sample. With `view_seed` set, the random views of item i are
-    drawn from a generator seeded by (view_seed, i): every pass over the data then sees the same view of each
-    sample (used for the features that selection reads, so that e.g. noise stability compares like with like).
+    `idx` lets queues and selections refer to the sample. An item is asked for by its position k in `indices`, or,
+    from a `Stream`, as (t, k) with t the draw's position in the training stream. With `view_seed` (an int or a
+    tuple of ints) set, the random views are drawn from torch's RNG seeded by
+        (view_seed, 0, i)  for item k = dataset index i: a fixed view per image, the same on every pass (the
+                           features that selection reads, so that e.g. noise stability compares like with like);
+        (view_seed, 1, t)  for the draw (t, k): a fresh view per draw that depends on nothing but the seed and t,
+                           so it is the same with any number of workers, and after a resume at any iteration.
+    The global RNG is left as it was. Without view_seed the views draw from the global RNG.
     """
 
     def __init__(self, x, y, indices, views, view_seed=None):
-        self.x, self.y, self.indices, self.views, self.view_seed = x, y, np.asarray(indices), views, view_seed
+        self.x, self.y, self.indices, self.views = x, y, np.asarray(indices), views
+        self.view_seed = None if view_seed is None else tuple(np.atleast_1d(view_seed).tolist())
 
     def __len__(self):
         return len(self.indices)
 
-    def __getitem__(self, k):
+    def __getitem__(self, key):
+        t, k = key if isinstance(key, tuple) else (None, key)
         i = int(self.indices[k])
         img = Image.fromarray(self.x[i])
         out = {"idx": i, "y": int(self.y[i])}
@@ -290,26 +305,47 @@ class Views(torch.utils.data.Dataset):
             for name, tf in self.views.items():
                 out[name] = tf(img)
         else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.view_seed * 1_000_003 + i)
+            g = torch.default_generator  # the CPU generator the transforms draw from (torch.manual_seed: 100x slower)
+            state = g.get_state()
+            g.manual_seed(mix_seed(*self.view_seed, 0, i) if t is None else mix_seed(*self.view_seed, 1, t))
+            try:
                 for name, tf in self.views.items():
                     out[name] = tf(img)
+            finally:
+                g.set_state(state)
         return out
 
 
-def loader(dataset, batch_size, shuffle=False, num_samples=None, seed=0, workers=0, drop_last=False):
-    """A DataLoader; with num_samples, a seeded sampler that walks through fresh permutations of the data
-    until num_samples items are drawn (an endless stream cut to the training length)."""
-    sampler = None
-    if num_samples is not None:
-        g = torch.Generator().manual_seed(seed)
-        sampler = torch.utils.data.RandomSampler(dataset, replacement=False, num_samples=num_samples, generator=g)
-        shuffle = False
-    # The loader's own generator (shuffling, the workers' base seed) is never torch's global one: a DataLoader
-    # without a generator draws the base seed from the global RNG each time it is iterated, and on the CPU the
-    # views of the main process draw from that RNG too, so an evaluation pass would shift training's augmentation.
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
+class Stream(torch.utils.data.Sampler):
+    """A training stream: `num_samples` draws from n items, through one permutation after another, permutation e
+    drawn from a generator seeded by (seed, e). Yields (t, k): the draw's position t and the item k. Any position can
+    be reached without drawing the ones before it, so `start` resumes a stream mid-way (start = iteration x batch)."""
+
+    def __init__(self, n, num_samples, seed, start=0):
+        self.n, self.num_samples, self.seed, self.start = n, num_samples, seed, start
+
+    def perm(self, e):
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(mix_seed(self.seed, e))).tolist()
+
+    def __iter__(self):
+        e, p = None, None
+        for t in range(self.start, self.num_samples):
+            if t // self.n != e:
+                e = t // self.n
+                p = self.perm(e)
+            yield t, p[t % self.n]
+
+    def __len__(self):
+        return self.num_samples - self.start
+
+
+def loader(dataset, batch_size, num_samples=None, seed=0, workers=0, start=0):
+    """A DataLoader in dataset order; with num_samples, over the `Stream` of num_samples draws seeded by `seed`
+    from draw `start` on (a training stream cut to the training length; batches of consecutive draws)."""
+    sampler = Stream(len(dataset), num_samples, seed, start) if num_samples is not None else None
+    # The loader's own generator (the workers' base seed) is never torch's global one: a DataLoader without one
+    # draws a number from the global RNG each time it is iterated, which would shift whatever else reads that RNG.
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                                        generator=torch.Generator().manual_seed(seed), num_workers=workers,
-                                       drop_last=drop_last, persistent_workers=False,
-                                       pin_memory=torch.cuda.is_available())
+                                       persistent_workers=False, pin_memory=torch.cuda.is_available())
 

@@ -251,12 +251,14 @@ def train(args, data, labeled, rnd, log=None):
     B, Bu = args.batch_size, args.batch_size * args.uratio
     V = data.views
     lb_views = {"weak": V["weak"], "strong": V["strong"]} if args.fa else {"weak": V["weak"]}
-    lb_loader = D.loader(D.Views(data.x_tr, data.y_tr, labeled, lb_views), B, num_samples=args.iters * B,
-                         seed=args.seed, workers=args.workers)
-    streams = [lb_loader]
+    # two streams, labeled (0) and unlabeled (1): which images, and their views, depend on (seed, stream, draw) only
+    lb_set = D.Views(data.x_tr, data.y_tr, labeled, lb_views, view_seed=(args.seed, 0))
+    streams = [D.loader(lb_set, B, num_samples=args.iters * B, seed=D.mix_seed(args.seed, 0), workers=args.workers)]
     if algo.uses_unlabeled:
-        ulb = D.Views(data.x_tr, data.y_tr, np.arange(len(data.y_tr)), {"weak": V["weak"], "strong": V["strong"]})
-        streams.append(D.loader(ulb, Bu, num_samples=args.iters * Bu, seed=args.seed + 1, workers=args.workers))
+        ulb_set = D.Views(data.x_tr, data.y_tr, np.arange(len(data.y_tr)), {"weak": V["weak"], "strong": V["strong"]},
+                          view_seed=(args.seed, 1))
+        streams.append(D.loader(ulb_set, Bu, num_samples=args.iters * Bu, seed=D.mix_seed(args.seed, 1),
+                                workers=args.workers))
     queues, pos_of = None, None
     if args.fa:
         dim = model.num_features
@@ -371,7 +373,7 @@ class InputsOnly:
 
 def weak_view_set(data, indices, args, rnd):
     """Training images `indices` under one weak view each, fixed by (seed, round, image): what selection reads."""
-    return D.Views(data.x_tr, data.y_tr, indices, {"weak": data.views["weak"]}, view_seed=args.seed * 100 + rnd)
+    return D.Views(data.x_tr, data.y_tr, indices, {"weak": data.views["weak"]}, view_seed=(args.seed, 2, rnd))
 
 
 def select(args, data, model, labeled, rnd):
