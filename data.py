@@ -63,15 +63,28 @@ def load_cifar100_arrays(data_dir, download=False):
 def load_tinyimagenet_arrays(data_dir):
     """The standard layout: tiny-imagenet-200/{wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG,
     val/val_annotations.txt}. The labeled val split (10,000 images) is the test set, as usual. Decoded once and
-    cached as tiny-imagenet-200/arrays.npz (about 1.3 GB) so that later runs start in seconds."""
+    cached as tiny-imagenet-200/arrays.npz (about 1.3 GB) so that later runs start in seconds. A cache that cannot
+    be read, or whose arrays are not x uint8 [N, 64, 64, 3] with y int64 [N], is rebuilt (with a warning)."""
     root = os.path.join(data_dir, "tiny-imagenet-200")
     if not os.path.isfile(os.path.join(root, "wnids.txt")):
         raise DataError(f"TinyImageNet not found: expected {root}/wnids.txt (download tiny-imagenet-200.zip from "
                         f"the CS231n site, http://cs231n.stanford.edu/tiny-imagenet-200.zip, and unzip it into --data-dir)")
     cache = os.path.join(root, "arrays.npz")
     if os.path.isfile(cache):
-        z = np.load(cache)
-        return z["x_tr"], z["y_tr"], z["x_te"], z["y_te"]
+        try:
+            with np.load(cache) as z:
+                arrays = tuple(z[k] for k in ("x_tr", "y_tr", "x_te", "y_te"))
+            for part, x, y in (("train", *arrays[:2]), ("test", *arrays[2:])):
+                if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (64, 64, 3):
+                    raise ValueError(f"{part} images are {x.dtype} {list(x.shape)}, not uint8 [N, 64, 64, 3]")
+                if y.dtype != np.int64 or y.shape != (len(x),):
+                    raise ValueError(f"{part} labels are {y.dtype} {list(y.shape)}, not int64 [{len(x)}]")
+            return arrays
+        except Exception as e:  # truncated or foreign file, missing key, wrong arrays: decode the JPEGs again
+            import sys
+            why = " ".join(str(e).split()).strip("'\"").split(". ")[0] or "no detail"
+            why = f"{type(e).__name__}: {why[:100]}"
+            print(f"warning: {cache} is unreadable ({why}); decoding the JPEGs again", file=sys.stderr)
     from tqdm import tqdm
     wnids = [w.strip() for w in open(os.path.join(root, "wnids.txt")) if w.strip()]
     cls = {w: i for i, w in enumerate(wnids)}

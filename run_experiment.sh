@@ -15,12 +15,17 @@
 #   GPUS="0 1 2 3"        run one job per GPU in parallel (CUDA_VISIBLE_DEVICES); unset: one after another
 #   JOBS=2                without GPUS: that many CPU jobs in parallel, each with nproc / JOBS threads
 #   DRY_RUN=1             print the commands (and their count) instead of running them
-#   SLURM=1               write $OUT/<grid>.sbatch, an sbatch array with one task per run, instead of running
+#   SLURM=1               write $OUT/<grid>.sbatch, an sbatch array with one task per run, instead of running;
+#                         it survives preemption and time limits: --requeue, and USR1 300 s before the limit makes
+#                         the run checkpoint (TERM to ssal.py, which exits 143) and the task requeue itself
+#                         (scontrol requeue); a requeued task resumes from $OUT/ckpt/. Exit codes 2 (user error)
+#                         and 3 (loss diverged) are never requeued
 #   OUT=results/runs      where the result files and round-0 checkpoints go
 #   EXTRA="--weights vit_small_patch2_32_mlp_im_1k_32.pth"   flags added to every run
 #
-# Resumable: a run whose result file exists is skipped (ssal.py --skip-existing), and the round-0 model of a
-# setting is trained once and shared by its selectors (ssal.py keys it by every flag it depends on).
+# Resumable: a run whose result file exists is skipped (ssal.py --skip-existing), an interrupted run resumes from
+# its checkpoint $OUT/ckpt/<name>.pt when its command runs again, and the round-0 model of a setting is trained
+# once and shared by its selectors (ssal.py keys it by every flag it depends on).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -93,10 +98,40 @@ if [ -n "${SLURM:-}" ]; then
 #SBATCH --gres=gpu:1
 #SBATCH --cpus-per-task=8
 #SBATCH --output=$OUT/slurm-%A_%a.log
+#SBATCH --open-mode=append
+#SBATCH --requeue
+#SBATCH --signal=B:USR1@300
+# Preemption and time limits lose at most a few iterations: ssal.py checkpoints into $OUT/ckpt/, and rerunning a
+# command resumes from its checkpoint (--skip-existing skips a run that has finished). 300 s before the time limit
+# Slurm sends USR1 to this shell: it sends TERM to ssal.py, which finishes its iteration, checkpoints and exits
+# 143, then the task requeues itself. On preemption (TERM) the same happens and Slurm's --requeue puts it back.
+# Exit codes 2 (user error) and 3 (loss diverged) are never requeued; the task exits with ssal.py's exit code.
 # One task per line of $GRID.commands. Tasks of one setting may train its round-0 model at the same time;
 # the results stay correct (checkpoints are written atomically), only that training is repeated.
 cd "$PWD"
-eval "\$(sed -n "\$((SLURM_ARRAY_TASK_ID + 1))p" "$OUT/$GRID.commands")"
+cmd=\$(sed -n "\$((SLURM_ARRAY_TASK_ID + 1))p" "$OUT/$GRID.commands")
+task="\${SLURM_ARRAY_JOB_ID}_\${SLURM_ARRAY_TASK_ID}"
+echo "[\$(date '+%F %T')] task \$task, start \$((\${SLURM_RESTART_COUNT:-0} + 1)): \$cmd"
+pid="" stop="" trapped=""
+# a trapped signal makes 'wait' return early: note it, pass TERM on, and wait again (below)
+trap 'trapped=1; stop=USR1; [ -z "\$pid" ] || kill -TERM "\$pid" 2>/dev/null' USR1
+trap 'trapped=1; stop=\${stop:-TERM}; [ -z "\$pid" ] || kill -TERM "\$pid" 2>/dev/null' TERM
+eval "exec \$cmd" &   # exec: \$pid is python itself, not a subshell
+pid=\$!
+[ -z "\$stop" ] || kill -TERM "\$pid" 2>/dev/null   # a signal that came before \$pid was known
+while :; do
+  trapped=""
+  wait "\$pid"; rc=\$?
+  [ -n "\$trapped" ] || break   # python has exited (not just a signal that interrupted wait)
+done
+echo "[\$(date '+%F %T')] task \$task: exit code \$rc\${stop:+ after \$stop}"
+if [ "\$stop" = USR1 ]; then   # time limit: requeue unless the run finished, or ended for good (2, 3)
+  case \$rc in
+    0|2|3) ;;
+    *) scontrol requeue "\${SLURM_ARRAY_JOB_ID}_\${SLURM_ARRAY_TASK_ID}" || echo "scontrol requeue \$task failed" >&2 ;;
+  esac
+fi
+exit \$rc
 EOF
   echo "wrote $OUT/$GRID.sbatch ($N tasks): submit it with sbatch $OUT/$GRID.sbatch"
   exit 0

@@ -336,3 +336,87 @@ def test_tinyimagenet_folder_layout(tmp_path):
     assert (root / "arrays.npz").is_file()
     again = D.Data("tinyimagenet", str(tmp_path))  # from the cache
     assert np.array_equal(again.x_tr, ds.x_tr)
+
+
+def make_tiny_imagenet(tmp_path):
+    """The miniature tiny-imagenet-200 of test_tinyimagenet_folder_layout: 2 classes x 3 train images, 2 val."""
+    from PIL import Image
+    root = tmp_path / "tiny-imagenet-200"
+    wnids = ["n01", "n02"]
+    root.mkdir()
+    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    for c, w in enumerate(wnids):
+        d = root / "train" / w / "images"
+        d.mkdir(parents=True)
+        for k in range(3):
+            Image.fromarray(np.full((64, 64, 3), 40 * c + k, np.uint8)).save(d / f"{w}_{k}.JPEG", quality=100)
+    (root / "val" / "images").mkdir(parents=True)
+    lines = []
+    for k, w in enumerate(["n02", "n01"]):
+        Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(root / "val" / "images" / f"val_{k}.JPEG")
+        lines.append(f"val_{k}.JPEG\t{w}\t0\t0\t63\t63")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _bad_caches():
+    """name -> a function that spoils tiny-imagenet-200/arrays.npz (given its path and the good arrays)."""
+    def truncate(path, good):
+        b = path.read_bytes()
+        path.write_bytes(b[:len(b) // 2])
+
+    def garbage(path, good):
+        path.write_text("this is not a zip file\n" * 20)
+
+    def missing_key(path, good):
+        np.savez(path, x_tr=good[0], y_tr=good[1], x_te=good[2])
+
+    def wrong_dtype(path, good):
+        np.savez(path, x_tr=good[0].astype(np.float32), y_tr=good[1], x_te=good[2], y_te=good[3])
+
+    def wrong_shape(path, good):
+        np.savez(path, x_tr=good[0][:, :32], y_tr=good[1], x_te=good[2], y_te=good[3])
+
+    def length_mismatch(path, good):
+        np.savez(path, x_tr=good[0], y_tr=good[1][:-1], x_te=good[2], y_te=good[3])
+
+    def labels_int32(path, good):
+        np.savez(path, x_tr=good[0], y_tr=good[1], x_te=good[2], y_te=good[3].astype(np.int32))
+
+    return dict(truncate=truncate, garbage=garbage, missing_key=missing_key, wrong_dtype=wrong_dtype,
+                wrong_shape=wrong_shape, length_mismatch=length_mismatch, labels_int32=labels_int32)
+
+
+def test_tinyimagenet_corrupt_cache_is_rebuilt(tmp_path, capsys):
+    """A cache that cannot be read, or holds the wrong arrays, is rebuilt from the JPEGs with one warning line."""
+    root = make_tiny_imagenet(tmp_path)
+    cache = root / "arrays.npz"
+    good = D.load_tinyimagenet_arrays(str(tmp_path))
+    assert cache.is_file() and len(good) == 4
+    assert capsys.readouterr().err.count("warning") == 0
+    for name, spoil in _bad_caches().items():
+        spoil(cache, good)
+        again = D.load_tinyimagenet_arrays(str(tmp_path))
+        warn = [l for l in capsys.readouterr().err.splitlines() if l.startswith("warning:")]
+        assert len(warn) == 1, (name, warn)
+        assert str(cache) in warn[0] and "unreadable" in warn[0] and "decoding the JPEGs again" in warn[0], name
+        for a, b in zip(again, good):
+            assert a.dtype == b.dtype and np.array_equal(a, b), name
+        # the cache is valid again: the next load reads it, silently, and gives the same arrays
+        with np.load(cache) as z:
+            assert sorted(z.files) == ["x_te", "x_tr", "y_te", "y_tr"]
+        third = D.load_tinyimagenet_arrays(str(tmp_path))
+        assert "warning" not in capsys.readouterr().err, name
+        assert all(np.array_equal(a, b) for a, b in zip(third, good)), name
+    assert not [f for f in root.iterdir() if f.name.startswith("arrays.npz.tmp")]  # no temporary file left behind
+
+
+def test_tinyimagenet_valid_cache_is_used_as_is(tmp_path, capsys):
+    """A valid cache is read, not rebuilt: the loader returns what it holds even when the JPEGs have changed."""
+    root = make_tiny_imagenet(tmp_path)
+    good = D.load_tinyimagenet_arrays(str(tmp_path))
+    marked = good[0].copy()
+    marked[0, 0, 0, 0] = 123
+    np.savez(root / "arrays.npz", x_tr=marked, y_tr=good[1], x_te=good[2], y_te=good[3])
+    again = D.load_tinyimagenet_arrays(str(tmp_path))
+    assert again[0][0, 0, 0, 0] == 123 and "warning" not in capsys.readouterr().err

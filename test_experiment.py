@@ -43,6 +43,102 @@ def test_slurm_writes_an_array_script(tmp_path):
     assert len((tmp_path / "runs" / "table2.commands").read_text().splitlines()) == 12
 
 
+TINY_GRID = dict(SLURM="1", PRESET="digits", DATASETS="digits:10", SEEDS="0", SELECTORS="random")
+
+
+def test_slurm_script_requeues_and_forwards_signals(tmp_path):
+    grid("table1", tmp_path, **TINY_GRID)
+    sb = (tmp_path / "runs" / "table1.sbatch").read_text()
+    for line in ["#SBATCH --requeue", "#SBATCH --open-mode=append", "#SBATCH --signal=B:USR1@300"]:
+        assert line + "\n" in sb
+    # sbatch reads #SBATCH lines only up to the first command
+    head = sb.split("\ncd ", 1)[0].splitlines()
+    assert all(l.startswith("#") for l in head)
+    assert [l for l in sb.splitlines() if l.startswith("#SBATCH")] == [l for l in head if l.startswith("#SBATCH")]
+    assert 'scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"' in sb
+    p = subprocess.run(["bash", "-n", str(tmp_path / "runs" / "table1.sbatch")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
+
+# a stand-in for ssal.py: on TERM it "checkpoints" (0.3 s, so the batch shell must wait for it) and exits 143
+STUB = r"""
+import pathlib, signal, sys, time
+d, mode = pathlib.Path(sys.argv[1]), sys.argv[2]
+def on_term(*_):
+    (d / "term").write_text("got TERM")
+    time.sleep(0.3)
+    (d / "ckpt").write_text("written")
+    sys.exit(143)
+signal.signal(signal.SIGTERM, on_term)
+(d / "started").write_text("started")
+if mode == "finish":
+    sys.exit(0)
+time.sleep(30)
+(d / "slept").write_text("no signal came")
+"""
+
+
+def run_sbatch_with_stub(tmp_path, mode, signal_to_send):
+    """Generates the sbatch script of a tiny grid, swaps task 0's command for STUB, runs the script with a fake
+    scontrol on PATH, sends it `signal_to_send` (if any) once the stub runs; returns (exit code, scontrol calls)."""
+    import shlex
+    import signal
+    import time
+    grid("table1", tmp_path, **TINY_GRID)
+    runs = tmp_path / "runs"
+    d = tmp_path / "stub"
+    d.mkdir()
+    (d / "stub.py").write_text(STUB)
+    (runs / "table1.commands").write_text(" ".join(map(shlex.quote, [sys.executable, str(d / "stub.py"), str(d), mode]))
+                                          + "\n")
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "scontrol").write_text('#!/bin/sh\necho "$@" >> "$SCONTROL_LOG"\n')
+    (bin_ / "scontrol").chmod(0o755)
+    log = tmp_path / "scontrol.log"
+    env = dict(os.environ, PATH=f"{bin_}{os.pathsep}{os.environ['PATH']}", SCONTROL_LOG=str(log),
+               SLURM_ARRAY_JOB_ID="77", SLURM_ARRAY_TASK_ID="0")
+    p = subprocess.Popen(["bash", str(runs / "table1.sbatch")], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    try:
+        if signal_to_send is not None:
+            t0 = time.time()
+            while not (d / "started").exists():
+                assert time.time() - t0 < 10 and p.poll() is None, "the stub never started"
+                time.sleep(0.02)
+            p.send_signal(signal_to_send)
+        out, _ = p.communicate(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert (d / "started").exists(), out
+    assert not (d / "slept").exists()
+    return p.returncode, (log.read_text().splitlines() if log.exists() else []), d
+
+
+def test_slurm_script_usr1_checkpoints_and_requeues(tmp_path):
+    import signal
+    rc, calls, d = run_sbatch_with_stub(tmp_path, "sleep", signal.SIGUSR1)
+    assert (d / "term").read_text() == "got TERM"  # TERM forwarded to the run
+    assert (d / "ckpt").exists()  # the script waited until the run had finished its checkpoint
+    assert calls == ["requeue 77_0"]
+    assert rc == 143  # the run's exit code
+
+
+def test_slurm_script_term_forwards_without_requeue(tmp_path):
+    import signal
+    rc, calls, d = run_sbatch_with_stub(tmp_path, "sleep", signal.SIGTERM)
+    assert (d / "term").read_text() == "got TERM" and (d / "ckpt").exists()
+    assert calls == []  # preemption: Slurm's own --requeue puts the task back
+    assert rc == 143
+
+
+def test_slurm_script_normal_end_no_requeue(tmp_path):
+    rc, calls, d = run_sbatch_with_stub(tmp_path, "finish", None)
+    assert rc == 0 and calls == [] and not (d / "term").exists()
+
+
 def test_digits_grid_end_to_end_and_report(tmp_path):
     env = dict(PRESET="digits", DATASETS="digits:10", SEEDS="0", SELECTORS="random coreset", ITERS="2", JOBS="2",
                EXTRA="--batch-size 4 --uratio 1")
