@@ -15,7 +15,10 @@ import hashlib
 import json
 import math
 import os
+import random
+import signal
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -63,8 +66,14 @@ PRESETS = {
 # the whole run (every pseudo-label passes; measured: FreeMatch below supervised); 0.9 averages over 10 steps.
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit code 2 (argparse prints the usage and the message)
+        print(f"error: {message} (python ssal.py --help lists the flags)", file=sys.stderr)
+        sys.exit(2)
+
+
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description="SSL + AL with feature re-alignment (one or more query rounds).")
+    p = Parser(description="SSL + AL with feature re-alignment (one or more query rounds).")
     a = p.add_argument
     # data
     a("--dataset", default="digits", choices=list(D.DATASETS), help="digits ships with scikit-learn (the CPU demo)")
@@ -108,7 +117,12 @@ def get_args(argv=None):
                                      "others 2048 as USB")
     a("--log-every", type=int, help="append a line to <out>/<name>.log.jsonl every N iterations. Preset: digits 50, "
                                     "others 256 as USB")
-    a("--out", default="runs", help="folder for <name>.json results and round0/ checkpoints")
+    a("--ckpt-every", type=int, help="save <out>/ckpt/<name>.pt, the whole run state, every N iterations (deleted "
+                                     "when the result is written). Preset: the evaluation interval")
+    a("--resume", action=argparse.BooleanOptionalAction, default=True,
+      help="continue from <out>/ckpt/<name>.pt when it exists (the same command resumes a stopped run); "
+           "--no-resume starts over")
+    a("--out", default="runs", help="folder for <name>.json results, logs, ckpt/ and round0/ checkpoints")
     a("--name", help="run name (default: built from the flags)")
     a("--reuse", action=argparse.BooleanOptionalAction, default=True,
       help="reuse a round-0 model trained with the same flags (it does not depend on --al)")
@@ -119,16 +133,73 @@ def get_args(argv=None):
     for k, v in PRESETS[args.dataset].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    if args.ckpt_every is None:
+        args.ckpt_every = args.eval_every
+    check_flags(p, args)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.workers < 0:
         args.workers = 0 if args.device == "cpu" else 4
-    if args.fa and args.ssl == "supervised":
-        p.error("--fa needs unlabeled data: use it with --ssl fixmatch or freematch")
     if args.name is None:
         fa_tag = f"-fa_s{args.lambda_s:g}_c{args.lambda_c:g}_T{args.queue_len}" if args.fa else ""
         args.name = f"{args.dataset}-b{args.budget}-{args.ssl}{fa_tag}-{args.al}-r{args.rounds}-s{args.seed}"
     return args
+
+
+def check_flags(p, args):
+    """Every value a flag can take wrongly, as one line (exit 2) before any work starts."""
+    def need(ok, msg):
+        if not ok:
+            p.error(msg)
+
+    flag = lambda k: "--" + k.replace("_", "-")  # noqa: E731
+    for k in ("iters", "batch_size", "uratio", "rounds", "queue_len", "budget", "eval_every", "log_every",
+              "ckpt_every"):
+        need(getattr(args, k) >= 1, f"{flag(k)} must be at least 1, not {getattr(args, k)}")
+    need(args.warmup >= 0, f"--warmup must be at least 0, not {args.warmup}")
+    need(args.seed >= 0, f"--seed must be at least 0, not {args.seed}")
+    need(args.workers >= -1, f"--workers must be -1 (automatic) or at least 0, not {args.workers}")
+    need(math.isfinite(args.lr) and args.lr > 0, f"--lr must be a finite number above 0, not {args.lr}")
+    for k in ("weight_decay", "lambda_s", "lambda_c", "lambda_u", "ent_loss_ratio"):
+        v = getattr(args, k)
+        need(math.isfinite(v) and v >= 0, f"{flag(k)} must be a finite number of at least 0, not {v}")
+    need(args.layer_decay is None or 0 < args.layer_decay <= 1, f"--layer-decay must be in (0, 1], not {args.layer_decay}")
+    need(0 < args.p_cutoff <= 1, f"--p-cutoff must be in (0, 1], not {args.p_cutoff}")
+    need(0 <= args.ema_p < 1, f"--ema-p must be in [0, 1), not {args.ema_p}")
+    C = D.DATASETS[args.dataset][0]
+    need(args.budget % C == 0, f"--budget {args.budget} must be a positive multiple of the {C} classes "
+                               f"(the initial set takes budget / classes images per class)")
+    need(not (args.fa and args.ssl == "supervised"), "--fa needs unlabeled data: use it with --ssl fixmatch or freematch")
+    need(args.name is None or (args.name.strip(". ") and not set(args.name) & {"/", "\\", os.sep}),
+         f"--name {args.name!r} must be a file name, without folders")
+
+
+def check_run(args):
+    """What a flag names must exist and work, before any data is loaded: the device, the output folder, the model
+    and its weights (built once on the CPU). Raises DataError (one line, exit 2)."""
+    try:
+        dev = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise D.DataError(f"--device {args.device!r} is not a device name (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise D.DataError(f"--device {args.device}: no CUDA GPU is visible here (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise D.DataError(f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise D.DataError(f"--device {args.device}: MPS is not available here (use --device cpu)")
+    elif dev.type != "cpu":
+        raise D.DataError(f"--device {args.device}: only cpu, cuda and mps devices are supported")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=args.out):
+            pass
+    except OSError as e:
+        raise D.DataError(f"--out {args.out} can not be created or written to ({e.strerror}); choose another "
+                          f"folder") from None
+    C, size, _ = D.DATASETS[args.dataset]
+    build_model(args, C, size)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -164,11 +235,19 @@ def load_weights(model, path):
     if not os.path.isfile(path):
         raise D.DataError(f"--weights file not found: {path} (for CIFAR-100 get USB's "
                           f"vit_small_patch2_32_mlp_im_1k_32.pth from the Semi-supervised-learning releases)")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise D.DataError(f"--weights {path} is not a PyTorch checkpoint that loads ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:80] if str(e) else ''})") from None
     for key in ("model", "state_dict", "ema_model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
             break
+    if not isinstance(state, dict) or not any(torch.is_tensor(v) for v in state.values()):
+        raise D.DataError(f"--weights {path} holds no state dict (a dict of tensors, or one under 'model' / "
+                          f"'state_dict')")
+    state = {k: v for k, v in state.items() if torch.is_tensor(v)}
     state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
     head = model.get_classifier()
     head_keys = {n for n, p in model.named_parameters() if any(p is q for q in head.parameters())}
@@ -177,8 +256,15 @@ def load_weights(model, path):
     if isinstance(model, VisionTransformer):
         state = checkpoint_filter_fn(state, model)
         state = {k: v for k, v in state.items() if k not in head_keys}
+    own = model.state_dict()
+    wrong = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
+    state = {k: v for k, v in state.items() if k not in wrong}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    print(f"loaded {path}: {len(state)} tensors; missing {list(missing)}; unexpected {list(unexpected)}")
+    if len(state) == len(unexpected):  # a wrong file must not silently train from scratch
+        raise D.DataError(f"--weights {path} shares no tensor with --model (of its {len(state) + len(wrong)} "
+                          f"tensors, {len(wrong)} have the model's names but other shapes): is it for this model?")
+    print(f"loaded {path}: {len(state) - len(unexpected)} tensors; missing {list(missing)}; unexpected "
+          f"{list(unexpected)}" + (f"; other shapes, skipped {wrong}" if wrong else ""))
     return model
 
 
@@ -207,16 +293,28 @@ class RunLog:
                                                              ratio averaged since the previous line; lr and
                                                              thresholds (tau, tau_min) as they are at iteration i
     {"round": r, "iter": i, "test_acc": a}                    every --eval-every iterations and at the last one
+    {"event": "resume" | "reused", ...}                       a resumed run; a round 0 taken from round0/
     round r: the training's index, 0 .. R-1 for the query rounds and R (= --rounds) for the final training.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, offset=None):
+        """A new log, or with `offset` the log of a resumed run, cut back to where its checkpoint was written (the
+        lines of the iterations after it are written again)."""
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        self.path, self.f = path, open(path, "w")
+        if offset is None or not os.path.isfile(path):
+            self.f = open(path, "w")
+        else:
+            self.f = open(path, "r+")
+            self.f.truncate(offset)
+            self.f.seek(offset)
+        self.path = path
 
     def write(self, **rec):
         self.f.write(json.dumps(rec) + "\n")
         self.f.flush()
+
+    def tell(self):
+        return self.f.tell()
 
     def close(self):
         self.f.close()
@@ -234,46 +332,65 @@ def build_optimizer(args, model):
     return opt, sched
 
 
-def train(args, data, labeled, rnd, log=None):
+def train(args, data, labeled, rnd, log=None, ck=None, resume=None):
     """Train a fresh model (same initial weights every call) on the labeled indices `labeled` with the SSL
     algorithm and, with --fa, the FA losses. The SSL unlabeled stream is the whole training set. `rnd` is the
     training's index (round r, or --rounds for the final training), used in the log.
 
     The test set is evaluated every --eval-every iterations and at the last one, as USB does. Evaluation draws
     no random numbers from the training's generators, so it does not change training (tested: the same weights
-    with and without it). Returns the model, the SSL algorithm (its state), the FA queues, and a record
+    with and without it). With a checkpointer `ck`, the whole training state is saved every --ckpt-every
+    iterations; `resume` (such a state) continues from it exactly. A non-finite loss, or a SIGTERM / SIGUSR1,
+    raises Stop. Returns the model, the SSL algorithm (its state), the FA queues, and a record
     {curve, acc_best, acc_last, test_acc (= acc_last), test_pred_hist (of the last evaluation), train_stats}."""
     dev = torch.device(args.device)
     model = build_model(args, data.num_classes, data.size).to(dev)
     algo = ssl_algos.build_ssl(args.ssl, data.num_classes, args.p_cutoff, args.ema_p, args.ent_loss_ratio)
     opt, sched = build_optimizer(args, model)
+    queues, pos_of = None, None
+    if args.fa:
+        queues = fa.FeatureQueues(len(labeled), args.queue_len, model.num_features, device=dev)
+        pos_of = torch.full((len(data.y_tr),), -1, dtype=torch.long)
+        pos_of[torch.as_tensor(labeled)] = torch.arange(len(labeled))  # dataset index -> row of Q_w / Q_s
+    # what a checkpoint holds besides the modules: iterations done, the curve, sums of the log window, time spent
+    S = dict(n=0, curve=[], hist=None, win={}, n_win=0, mask_sum=torch.zeros((), device=dev), time=0.0)
+    if resume:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["opt"])
+        sched.load_state_dict(resume["sched"])
+        algo.load_state_dict(resume["ssl"])
+        if queues:
+            queues.load_state_dict(resume["queues"])
+        S.update(resume["loop"])
+        set_rng_states(resume["rng"])
+    start = S["n"]
 
     B, Bu = args.batch_size, args.batch_size * args.uratio
     V = data.views
     lb_views = {"weak": V["weak"], "strong": V["strong"]} if args.fa else {"weak": V["weak"]}
-    # two streams, labeled (0) and unlabeled (1): which images, and their views, depend on (seed, stream, draw) only
+    # two streams, labeled (0) and unlabeled (1): which images, and their views, depend on (seed, stream, draw) only,
+    # so a resumed training picks them up at draw start x batch
     lb_set = D.Views(data.x_tr, data.y_tr, labeled, lb_views, view_seed=(args.seed, 0))
-    streams = [D.loader(lb_set, B, num_samples=args.iters * B, seed=D.mix_seed(args.seed, 0), workers=args.workers)]
+    streams = [D.loader(lb_set, B, num_samples=args.iters * B, seed=D.mix_seed(args.seed, 0), workers=args.workers,
+                        start=start * B)]
     if algo.uses_unlabeled:
         ulb_set = D.Views(data.x_tr, data.y_tr, np.arange(len(data.y_tr)), {"weak": V["weak"], "strong": V["strong"]},
                           view_seed=(args.seed, 1))
         streams.append(D.loader(ulb_set, Bu, num_samples=args.iters * Bu, seed=D.mix_seed(args.seed, 1),
-                                workers=args.workers))
-    queues, pos_of = None, None
-    if args.fa:
-        dim = model.num_features
-        queues = fa.FeatureQueues(len(labeled), args.queue_len, dim, device=dev)
-        pos_of = torch.full((len(data.y_tr),), -1, dtype=torch.long)
-        pos_of[torch.as_tensor(labeled)] = torch.arange(len(labeled))  # dataset index -> row of Q_w / Q_s
+                                workers=args.workers, start=start * Bu))
+
+    def state():  # everything needed to continue exactly from here
+        return {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "ssl": algo.state_dict(), "queues": queues.state_dict() if queues else None,
+                "loop": {**S, "time": S["time"] + time.time() - t_run}, "rng": rng_states()}
 
     model.train()
     desc = f"{'final' if rnd == args.rounds else f'round {rnd}'} train ({len(labeled)} labels)"
-    bar = tqdm(zip(*streams), total=args.iters, desc=desc, mininterval=1, dynamic_ncols=True,
+    bar = tqdm(zip(*streams), total=args.iters, initial=start, desc=desc, mininterval=1, dynamic_ncols=True,
                disable=os.environ.get("SSAL_NO_BAR") == "1")
-    curve, hist = [], None
-    win, n_win, t_win, t_eval = {}, 0, time.time(), 0.0  # sums of the loss parts since the last log line
-    mask_sum = torch.zeros((), device=dev)
-    for it, batches in enumerate(bar):
+    t_run = t_win = time.time()
+    n_timed, t_eval = 0, 0.0  # iterations timed in this window by this process, and evaluation time to leave out
+    for it, batches in enumerate(bar, start=start):
         lb = batches[0]
         x_lb, y_lb = lb["weak"].to(dev, non_blocking=True), lb["y"].to(dev, non_blocking=True)
         parts = [x_lb]
@@ -292,7 +409,7 @@ def train(args, data, labeled, rnd, log=None):
             logits_u_w, logits_u_s = logits[off:].chunk(2)
             loss_u, mask, parts_u = algo.unlabeled_loss(logits_u_w, logits_u_s)  # L_u, Eq. 2 (+ fairness)
             loss = loss + args.lambda_u * loss_u
-            mask_sum += mask.mean()
+            S["mask_sum"] += mask.mean()
             terms.update(parts_u, mask=mask.mean())
             if args.fa:
                 queues.update(pos_of[lb["idx"]], z[:n_lb], z[n_lb:2 * n_lb])  # Q_w <- z_lb_w, Q_s <- z_lb_s
@@ -300,37 +417,50 @@ def train(args, data, labeled, rnd, log=None):
                 loss_c = fa.contrastive_loss(z_u_s, z_u_w)  # Eq. 18
                 loss = loss + args.lambda_s * loss_s + args.lambda_c * loss_c
                 terms.update(L_s=loss_s.detach(), L_c=loss_c.detach())
+        if not torch.isfinite(loss):  # diverged: stop before the step; the last checkpoint stays
+            bar.close()
+            kept = f"; the last checkpoint stays in {ck.path}" if ck and os.path.isfile(ck.path) else ""
+            raise Stop(f"training diverged: non-finite loss at {training_name(rnd, args)}, iteration {it + 1} ("
+                       + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items()) + "): lower --lr and start "
+                       f"over with --no-resume{kept}", code=3)
         lr = max(g["lr"] for g in opt.param_groups)  # the base lr of this step (the head's group has scale 1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
 
-        n = it + 1  # iterations done
+        n = S["n"] = it + 1  # iterations done
         for k, v in terms.items():  # summed as tensors: no device sync per iteration
-            win[k] = win.get(k, 0.0) + v
-        n_win += 1
+            S["win"][k] = S["win"].get(k, 0.0) + v
+        S["n_win"] += 1
+        n_timed += 1
         if n % args.eval_every == 0 or n == args.iters:
             t0 = time.time()
-            acc, hist = test_accuracy(model, data, args)
+            acc, S["hist"] = test_accuracy(model, data, args)
             model.train()
             t_eval += time.time() - t0
-            curve.append({"iter": n, "acc": acc})
+            S["curve"].append({"iter": n, "acc": acc})
             if log:
                 log.write(round=rnd, iter=n, test_acc=acc)
         if n % args.log_every == 0 or n == args.iters:
-            rec = {k: float(v) / n_win for k, v in win.items()}
-            sec = (time.time() - t_win - t_eval) / n_win
+            rec = {k: float(v) / S["n_win"] for k, v in S["win"].items()}
+            sec = (time.time() - t_win - t_eval) / n_timed
             if log:
                 log.write(round=rnd, iter=n, lr=lr, **rec, **algo.log(), sec_per_iter=sec)
             bar.set_postfix({**{k: f"{v:.3f}" for k, v in rec.items()}, **{k: f"{v:.3f}" for k, v in algo.log().items()},
-                             "acc": f"{curve[-1]['acc']:.3f}" if curve else "-"}, refresh=False)
-            win, n_win, t_win, t_eval = {}, 0, time.time(), 0.0
+                             "acc": f"{S['curve'][-1]['acc']:.3f}" if S["curve"] else "-"}, refresh=False)
+            S["win"], S["n_win"], n_timed, t_win, t_eval = {}, 0, 0, time.time(), 0.0
+        if ck and n < args.iters and (n % args.ckpt_every == 0 or STOP["signal"]):
+            ck.save(rnd, train=state())
+            if STOP["signal"]:
+                bar.close()
+                raise Stop(ck.stopped(rnd, n), code=143)
     bar.close()
-    stats = {"mask_ratio": float(mask_sum) / max(1, args.iters) if algo.uses_unlabeled else None, **algo.log()}
+    curve = S["curve"]
+    stats = {"mask_ratio": float(S["mask_sum"]) / max(1, args.iters) if algo.uses_unlabeled else None, **algo.log()}
     accs = [p["acc"] for p in curve]
-    rec = {"curve": curve, "acc_best": max(accs), "acc_last": accs[-1], "test_acc": accs[-1], "test_pred_hist": hist,
-           "train_stats": stats}
+    rec = {"curve": curve, "acc_best": max(accs), "acc_last": accs[-1], "test_acc": accs[-1],
+           "test_pred_hist": S["hist"], "train_stats": stats, "time_train": S["time"] + time.time() - t_run}
     return model, algo, queues, rec
 
 
@@ -397,6 +527,90 @@ def select(args, data, model, labeled, rnd):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# long runs: checkpoints, resume, stops
+
+class Stop(Exception):
+    """Ends a run with one line on stderr and an exit code: 3 when the loss diverged, 143 after a SIGTERM or SIGUSR1
+    (the run was checkpointed first: the same command resumes it). No result file is written."""
+
+    def __init__(self, msg, code):
+        super().__init__(msg)
+        self.code = code
+
+
+STOP = {"signal": None}  # set by the signal handler; training checkpoints and stops at the end of its iteration
+
+
+def rng_states():
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_states(s):
+    torch.set_rng_state(s["torch"].cpu())
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+    if s["cuda"] is not None and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([t.cpu() for t in s["cuda"]])
+
+
+# flags that do not change a run's result: everything else must match for a checkpoint to be resumed
+RUN_CONTROL = ("device", "workers", "out", "name", "reuse", "skip_existing", "resume", "data_dir", "download",
+               "log_every", "ckpt_every", "save_features")
+
+
+def result_flags(args):
+    return {k: v for k, v in vars(args).items() if k not in RUN_CONTROL}
+
+
+def training_name(rnd, args):
+    return "the final training" if rnd == args.rounds else f"round {rnd}"
+
+
+class Checkpointer:
+    """<out>/ckpt/<name>.pt, written atomically: the run so far (the result records of the finished rounds, the
+    labeled set, the training's index `rnd`, where the log ends) and `train`: the state of the training under way
+    (see train()), or {"done": True, model, record, rng} once it has ended and its selection is pending, or None
+    when training `rnd` has not started. Deleted once the result file is written."""
+
+    def __init__(self, args, res, labeled, log):
+        self.path = os.path.join(args.out, "ckpt", f"{args.name}.pt")
+        self.args, self.res, self.labeled, self.log = args, res, labeled, log
+
+    def save(self, rnd, train=None):
+        atomic_save({"flags": result_flags(self.args), "rnd": rnd, "res": self.res, "labeled": self.labeled,
+                     "log_offset": self.log.tell(), "train": train}, self.path)
+
+    def stopped(self, rnd, n):
+        return (f"stopped by signal {STOP['signal']} at {training_name(rnd, self.args)}, iteration {n}; saved "
+                f"{self.path}: run the same command to resume")
+
+
+def load_checkpoint(path, args):
+    """The saved run, or None (none, or unreadable: one warning). Flags that change the result must match."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        ck = torch.load(path, map_location=args.device, weights_only=False)
+        assert {"flags", "rnd", "res", "labeled", "log_offset", "train"} <= set(ck), "keys missing"
+    except Exception as e:  # a cut-short or foreign file
+        print(f"warning: checkpoint {path} is unreadable ({type(e).__name__}: {str(e)[:80]}); starting the run over",
+              file=sys.stderr)
+        return None
+    now = result_flags(args)
+    diff = [k for k in sorted(set(now) | set(ck["flags"])) if now.get(k) != ck["flags"].get(k)]
+    if diff:
+        d = ", ".join(f"--{k.replace('_', '-')} {ck['flags'].get(k)} -> {now.get(k)}" for k in diff[:4])
+        raise D.DataError(f"checkpoint {path} was written with other flags ({d}): rerun with its flags to resume "
+                          f"it, or pass --no-resume to start over")
+    return ck
+
+
+def _on_signal(signum, frame):
+    STOP["signal"] = signum
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # round-0 reuse and results
 
 ROUND0_FLAGS = ("dataset", "budget", "seed", "ssl", "fa", "lambda_s", "lambda_c", "queue_len", "p_cutoff", "ema_p",
@@ -416,30 +630,39 @@ def round0_path(args):
 
 
 def atomic_save(obj, path, as_json=False):
+    """Write to a temporary file, then rename: a reader sees the old file or the new one, never half of one."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    if as_json:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-    else:
-        torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        if as_json:
+            with open(tmp, "w") as f:
+                json.dump(obj, f, indent=1)
+        else:
+            torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
-def train_round(args, data, labeled, rnd, log):
-    """Train for round `rnd`; round 0 is loaded from / saved to its checkpoint when --reuse. Returns the model
-    and the round's record (curve, accuracies, train stats, reused, time_train)."""
+def train_round(args, data, labeled, rnd, log, ck=None, resume=None):
+    """Train for round `rnd`; round 0 is loaded from / saved to its shared checkpoint when --reuse (an unreadable
+    one is named in a warning and trained again). Returns the model and the round's record."""
     path = round0_path(args) if rnd == 0 and args.reuse else None
     if path and os.path.isfile(path):
-        model = build_model(args, data.num_classes, data.size).to(args.device)
-        ck = torch.load(path, map_location=args.device, weights_only=False)
-        model.load_state_dict(ck["model"])
-        print(f"round 0: reusing {path}")
-        log.write(event="reused", round=0, path=path)
-        return model, {**ck["record"], "reused": True, "time_train": 0.0}
-    t0 = time.time()
-    model, algo, queues, rec = train(args, data, labeled, rnd, log)
-    rec["time_train"] = time.time() - t0
+        try:
+            cached = torch.load(path, map_location=args.device, weights_only=False)
+            model = build_model(args, data.num_classes, data.size).to(args.device)
+            model.load_state_dict(cached["model"])
+            rec = cached["record"]
+        except Exception as e:
+            print(f"warning: round-0 checkpoint {path} is unreadable ({type(e).__name__}); training round 0 again",
+                  file=sys.stderr)
+        else:
+            print(f"round 0: reusing {path}")
+            log.write(event="reused", round=0, path=path)
+            return model, {**rec, "reused": True, "time_train": 0.0}
+    model, algo, queues, rec = train(args, data, labeled, rnd, log, ck, resume)
     if path:
         atomic_save({"model": model.state_dict(), "ssl": algo.state_dict(), "record": rec,
                      "queues": queues.state_dict() if queues else None,
@@ -453,45 +676,81 @@ def main(argv=None):
     if args.skip_existing and os.path.isfile(path):
         print(f"{path} exists: skipped")
         return json.load(open(path))
+    check_run(args)  # device, output folder, model and weights: before any data is loaded
+    ckpt_path = os.path.join(args.out, "ckpt", f"{args.name}.pt")
+    saved = load_checkpoint(ckpt_path, args) if args.resume else None
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     data = D.Data(args.dataset, args.data_dir, args.download)
     labeled = D.initial_split(data.y_tr, args.budget, data.num_classes, args.seed)
+    if args.budget * (args.rounds + 1) > len(data.y_tr):
+        raise D.DataError(f"--budget {args.budget} x (--rounds {args.rounds} + 1) is more than the "
+                          f"{len(data.y_tr)} training images")
     print(f"{args.name}: {len(data.y_tr)} train / {len(data.y_te)} test images, {data.num_classes} classes, "
           f"{len(labeled)} initial labels, device {args.device}")
-    res = {"config": vars(args).copy(), "rounds": []}
-    log = RunLog(os.path.join(args.out, f"{args.name}.log.jsonl"))
-    log.write(event="start", name=args.name, rounds=args.rounds, iters=args.iters, eval_every=args.eval_every,
-              log_every=args.log_every, time=time.strftime("%Y-%m-%d %H:%M:%S"))
-    t_start = time.time()
-    for rnd in range(args.rounds):
-        model, rec = train_round(args, data, labeled, rnd, log)
-        sel, t_feat, t_sel = select(args, data, model, labeled, rnd)
-        assert len(np.unique(sel)) == args.budget and not np.isin(sel, labeled).any()
-        res["rounds"].append({
-            "round": rnd, "num_labeled": len(labeled), **rec,
-            "selected": sel.tolist(),
-            "selected_hist": np.bincount(data.y_tr[sel], minlength=data.num_classes).tolist(),
-            "time_features": t_feat, "time_select": t_sel})
-        print(f"round {rnd}: {len(labeled)} labels, test acc {rec['acc_last']:.4f} (best {rec['acc_best']:.4f}); "
-              f"{args.al} selected {len(sel)} ({len(np.unique(data.y_tr[sel]))} classes) in {t_feat:.1f}s features "
-              f"+ {t_sel:.1f}s select")
-        labeled = np.sort(np.concatenate([labeled, sel]))
-    t0 = time.time()
-    model, _, _, rec = train(args, data, labeled, args.rounds, log)
-    log.close()
-    rec["time_train"] = time.time() - t0
+    rnd0, state = 0, None
+    if saved:
+        res, labeled, rnd0, state = saved["res"], np.asarray(saved["labeled"]), saved["rnd"], saved["train"]
+        where = "selection" if state and state.get("done") else f"iteration {state['loop']['n'] if state else 0}"
+        print(f"resuming {args.name}: {training_name(rnd0, args)}, {where}")
+    else:
+        res = {"config": vars(args).copy(), "rounds": []}
+    log = RunLog(os.path.join(args.out, f"{args.name}.log.jsonl"), offset=saved["log_offset"] if saved else None)
+    log.write(event="resume" if saved else "start", name=args.name, rounds=args.rounds, iters=args.iters,
+              eval_every=args.eval_every, log_every=args.log_every, time=time.strftime("%Y-%m-%d %H:%M:%S"))
+    ck = Checkpointer(args, res, labeled, log)
+    STOP["signal"] = None
+    sigs = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s is not None]
+    old = {s: signal.signal(s, _on_signal) for s in sigs}
+    try:
+        for rnd in range(rnd0, args.rounds + 1):  # the query rounds, then the final training (rnd = --rounds)
+            resume = state if rnd == rnd0 else None
+            if resume and resume.get("done"):  # trained before the stop: its selection (or the result) is pending
+                model = build_model(args, data.num_classes, data.size).to(args.device)
+                model.load_state_dict(resume["model"])
+                rec = resume["record"]
+                set_rng_states(resume["rng"])
+            else:
+                model, rec = train_round(args, data, labeled, rnd, log, ck, resume)
+                ck.save(rnd, train={"done": True, "model": model.state_dict(), "record": rec, "rng": rng_states()})
+            if STOP["signal"]:
+                raise Stop(ck.stopped(rnd, args.iters), code=143)
+            if rnd == args.rounds:
+                break
+            sel, t_feat, t_sel = select(args, data, model, labeled, rnd)
+            assert len(np.unique(sel)) == args.budget and not np.isin(sel, labeled).any()
+            res["rounds"].append({
+                "round": rnd, "num_labeled": len(labeled), **rec,
+                "selected": sel.tolist(),
+                "selected_hist": np.bincount(data.y_tr[sel], minlength=data.num_classes).tolist(),
+                "time_features": t_feat, "time_select": t_sel})
+            print(f"round {rnd}: {len(labeled)} labels, test acc {rec['acc_last']:.4f} (best {rec['acc_best']:.4f});"
+                  f" {args.al} selected {len(sel)} ({len(np.unique(data.y_tr[sel]))} classes) in {t_feat:.1f}s "
+                  f"features + {t_sel:.1f}s select")
+            labeled = ck.labeled = np.sort(np.concatenate([labeled, sel]))
+            ck.save(rnd + 1)  # selection done: the next training starts from iteration 0
+            if STOP["signal"]:
+                raise Stop(ck.stopped(rnd, args.iters) + " (after the selection)", code=143)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        log.close()
     acc = rec["acc_last"]
     # final_acc: the last evaluation (what a user without a test set gets); final_best_acc: the best of the curve
     # (USB's reported number, selected on the test set)
     res.update(final={"num_labeled": len(labeled), **rec}, final_acc=acc, final_best_acc=rec["acc_best"],
-               time_total=time.time() - t_start)
+               time_total=sum(r["time_train"] + r["time_features"] + r["time_select"] for r in res["rounds"])
+               + rec["time_train"])
     if args.save_features:  # Fig. 3: final-model features of the images still unlabeled, one weak view each
         pool = D.pool_of(len(data.y_tr), labeled)
         z, _ = run_model(model, weak_view_set(data, pool, args, args.rounds), args)
         np.savez_compressed(os.path.join(args.out, f"{args.name}.features.npz"), feats=z.cpu().numpy(),
                             labels=data.y_tr[pool], idx=pool)
     atomic_save(res, path, as_json=True)
+    if os.path.exists(ck.path):
+        os.remove(ck.path)
+        if not os.listdir(os.path.dirname(ck.path)):
+            os.rmdir(os.path.dirname(ck.path))
     print(f"final: {len(labeled)} labels, test accuracy {acc:.4f} ({100 * acc:.2f}%), best {rec['acc_best']:.4f} "
           f"at iteration {max(rec['curve'], key=lambda p: p['acc'])['iter']}; wrote {path}")
     return res
@@ -503,3 +762,6 @@ if __name__ == "__main__":
     except D.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Stop as e:
+        print(f"{'error' if e.code == 3 else 'stopped'}: {e}", file=sys.stderr)
+        sys.exit(e.code)

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -190,3 +189,217 @@ def test_layer_decay_reaches_the_optimizer():
     assert lr_of[id(model.blocks[-1].mlp.fc1.weight)] == pytest.approx(1e-3 * 0.5)
     assert lr_of[id(model.blocks[0].mlp.fc1.weight)] == pytest.approx(1e-3 * 0.5 ** depth)
     assert lr_of[id(model.patch_embed.proj.weight)] == pytest.approx(1e-3 * 0.5 ** (depth + 1))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# long runs: kill and resume, signals, divergence, flag checks, corrupt files
+
+LONG = ["--iters", "60", "--eval-every", "10", "--log-every", "15", "--ckpt-every", "5", "--batch-size", "4",
+        "--uratio", "1", "--fa", "--al", "noise"]
+LONG_NAME = "digits-b10-freematch-fa_s1_c0.01_T10-noise-r1-s0"
+
+
+def start(args, out):
+    env = dict(os.environ, SSAL_NO_BAR="1")
+    return subprocess.Popen([sys.executable, os.path.join(HERE, "ssal.py"), "--out", str(out), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=out)
+
+
+def wait_for_log(out, name, pred, proc, timeout=300):
+    """Poll the run's training log until a line satisfies pred (the run is then where the test wants it)."""
+    import time
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        assert proc.poll() is None, "the run ended before the point to stop it at"
+        try:
+            lines = [json.loads(x) for x in open(out / f"{name}.log.jsonl") if x.endswith("\n")]
+        except FileNotFoundError:
+            lines = []
+        if any(pred(x) for x in lines):
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for the log")
+
+
+def comparable(out, name):
+    """What an interrupted run must reproduce: the result without wall times, and the log without timings."""
+    res = json.load(open(out / f"{name}.json"))
+    drop = ("time_train", "time_features", "time_select", "time_total", "reused")
+    for rec in res["rounds"] + [res["final"]]:
+        for k in drop:
+            rec.pop(k, None)
+    res.pop("time_total")
+    res["config"].pop("out")
+    log = [{k: v for k, v in x.items() if k != "sec_per_iter"}
+           for x in map(json.loads, open(out / f"{name}.log.jsonl")) if "event" not in x]
+    return res, log
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref")
+    p = start(LONG, out)
+    p.communicate(timeout=600)
+    assert p.returncode == 0
+    return comparable(out, LONG_NAME)
+
+
+@pytest.mark.parametrize("where", ["round 0", "selection", "final"])
+def test_sigkill_and_rerun_gives_the_uninterrupted_result(tmp_path, uninterrupted, where):
+    import random
+    import signal
+    it = random.Random().randrange(6, 55)  # a random iteration to stop after (printed on failure)
+    pred = {"round 0": lambda x: x.get("round") == 0 and x.get("iter", 0) >= it,
+            # round 0's last log line; the run then checkpoints and spends ~15 s in noise stability's 31 passes
+            "selection": lambda x: x.get("round") == 0 and x.get("iter") == 60 and "lr" in x,
+            "final": lambda x: x.get("round") == 1 and x.get("iter", 0) >= it}[where]
+    p = start(LONG, tmp_path)
+    wait_for_log(tmp_path, LONG_NAME, pred, p)
+    if where == "selection":
+        import time
+        time.sleep(2)
+    p.send_signal(signal.SIGKILL)
+    p.communicate()
+    assert not (tmp_path / f"{LONG_NAME}.json").exists()
+    assert (tmp_path / "ckpt" / f"{LONG_NAME}.pt").exists()
+    r = run(LONG, tmp_path)
+    assert f"resuming {LONG_NAME}: " in r.stdout
+    if where == "selection":
+        assert "round 0, selection" in r.stdout
+    res, log = comparable(tmp_path, LONG_NAME)
+    ref_res, ref_log = uninterrupted
+    assert res["rounds"][0]["selected"] == ref_res["rounds"][0]["selected"], f"stopped after iteration {it}"
+    assert res == ref_res and log == ref_log, f"stopped after iteration {it}"
+    assert not (tmp_path / "ckpt").exists()  # deleted once the result is written
+
+
+def test_sigterm_checkpoints_stops_with_143_and_resumes(tmp_path, uninterrupted):
+    import signal
+    p = start(LONG, tmp_path)
+    wait_for_log(tmp_path, LONG_NAME, lambda x: x.get("round") == 1 and x.get("iter", 0) >= 13, p)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143
+    assert err.strip().startswith("stopped: stopped by signal") and "run the same command to resume" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    ck = torch.load(tmp_path / "ckpt" / f"{LONG_NAME}.pt", weights_only=False)
+    assert ck["rnd"] == 1 and 13 <= ck["train"]["loop"]["n"] < 60  # saved at the signal, not at the last multiple of 5
+    r = run(LONG, tmp_path)
+    assert "resuming" in r.stdout and "the final training, iteration" in r.stdout
+    assert comparable(tmp_path, LONG_NAME) == uninterrupted
+
+
+def test_divergence_stops_with_3_and_no_result(tmp_path):
+    p = run(["--iters", "300", "--ssl", "fixmatch", "--lr", "1000", "--ckpt-every", "2", "--batch-size", "4",
+             "--uratio", "1"], tmp_path, check=False)
+    assert p.returncode == 3
+    err = p.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "non-finite loss at round 0, iteration" in err and "L_l=" in err
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".json")]
+    assert (tmp_path / "ckpt").is_dir()  # the last checkpoint stays (written every 2 iterations)
+
+
+def test_resume_refuses_other_flags_and_no_resume_starts_over(tmp_path):
+    ck = tmp_path / "ckpt"
+    ck.mkdir()
+    name = "digits-b10-freematch-random-r1-s0"
+    p = start([*TINY, "--iters", "400", "--ckpt-every", "1"], tmp_path)
+    while not (ck / f"{name}.pt").exists():
+        assert p.poll() is None
+    p.kill()
+    p.communicate()
+    r = run([*TINY, "--iters", "400", "--lr", "0.002"], tmp_path, check=False)
+    assert r.returncode == 2 and "was written with other flags (--lr 0.001 -> 0.002)" in r.stderr
+    r = run([*TINY, "--no-resume"], tmp_path)
+    assert "resuming" not in r.stdout
+
+
+def test_corrupt_checkpoints_are_named_and_rebuilt(tmp_path):
+    run(TINY, tmp_path)
+    res = load_result(tmp_path)
+    (r0,) = list((tmp_path / "round0").iterdir())
+    r0.write_bytes(r0.read_bytes()[:1000])  # cut short
+    ck = tmp_path / "ckpt"
+    ck.mkdir()
+    (ck / f"{res['config']['name']}.pt").write_text("not a checkpoint")
+    os.remove(tmp_path / f"{res['config']['name']}.json")
+    r = run(TINY, tmp_path)
+    warnings = [x for x in r.stderr.splitlines() if x.startswith("warning:")]
+    assert len(warnings) == 2
+    assert str(ck / res["config"]["name"]) in warnings[0] and "starting the run over" in warnings[0]
+    assert r0.name in warnings[1] and "training round 0 again" in warnings[1]
+    again = load_result(tmp_path)
+    assert again["final_acc"] == res["final_acc"] and again["rounds"][0]["selected"] == res["rounds"][0]["selected"]
+    torch.load(r0, weights_only=False)  # rebuilt: readable again
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--iters", "0"], "--iters must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--uratio", "-1"], "--uratio must be at least 1"),
+    (["--rounds", "0"], "--rounds must be at least 1"),
+    (["--queue-len", "0"], "--queue-len must be at least 1"),
+    (["--eval-every", "0"], "--eval-every must be at least 1"),
+    (["--log-every", "0"], "--log-every must be at least 1"),
+    (["--ckpt-every", "0"], "--ckpt-every must be at least 1"),
+    (["--warmup", "-5"], "--warmup must be at least 0"),
+    (["--lr", "0"], "--lr must be a finite number above 0"),
+    (["--lr", "inf"], "--lr must be a finite number above 0"),
+    (["--lr", "nan"], "--lr must be a finite number above 0"),
+    (["--weight-decay", "-1"], "--weight-decay must be a finite number of at least 0"),
+    (["--lambda-s", "nan"], "--lambda-s must be a finite number of at least 0"),
+    (["--lambda-c", "-0.1"], "--lambda-c must be a finite number of at least 0"),
+    (["--layer-decay", "0"], "--layer-decay must be in (0, 1]"),
+    (["--p-cutoff", "1.5"], "--p-cutoff must be in (0, 1]"),
+    (["--ema-p", "1"], "--ema-p must be in [0, 1)"),
+    (["--seed", "-1"], "--seed must be at least 0"),
+    (["--workers", "-2"], "--workers must be -1"),
+    (["--iters", "abc"], "invalid int value"),
+    (["--ssl", "mixmatch"], "invalid choice"),
+    (["--name", "a/b"], "must be a file name"),
+    (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "cuda:99"], "--device cuda"),
+    (["--device", "tpu"], "is not a device name"),
+    (["--weights", "README.md"], "is not a PyTorch checkpoint that loads"),
+    (["--rounds", "200"], "more than the 1297 training images"),
+])
+def test_every_flag_is_checked_before_work(tmp_path, capsys, args, needle):
+    """In-process (the subprocess tests above check the one-line output of the command): a parser-level mistake
+    exits with 2 and one line; a file or device mistake raises DataError before any data is loaded."""
+    if "README.md" in args:
+        args = ["--weights", os.path.join(HERE, "README.md")]
+    argv = [*TINY, *args, "--out", str(tmp_path)]
+    try:
+        ssal.main(argv)
+    except SystemExit as e:
+        assert e.code == 2
+        err = capsys.readouterr().err
+    except ssal.D.DataError as e:
+        err = f"error: {e}"
+    else:
+        raise AssertionError(f"{args} was accepted")
+    assert needle in err and len(err.strip().splitlines()) == 1
+    assert not os.listdir(tmp_path)  # nothing trained, no log, no checkpoint
+
+
+def test_out_that_is_a_file_fails_before_training(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    p = subprocess.run([sys.executable, os.path.join(HERE, "ssal.py"), *TINY, "--out", str(f)], capture_output=True,
+                       text=True, env=dict(os.environ, SSAL_NO_BAR="1"), cwd=tmp_path, timeout=120)
+    assert p.returncode == 2 and "--out" in p.stderr and "can not be created" in p.stderr
+    assert "round 0" not in p.stdout and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_weights_sharing_no_tensor_are_refused(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"model": {"foo.weight": torch.zeros(3, 3), "bar.bias": torch.zeros(3)}}, path)
+    p = run([*TINY, "--weights", str(path)], tmp_path, check=False)
+    assert p.returncode == 2 and "shares no tensor with --model" in p.stderr
+    args = ssal.get_args([])
+    model = ssal.build_model(args, 10, 32)
+    good = tmp_path / "good.pth"
+    torch.save({"state_dict": model.state_dict()}, good)
+    other = ssal.build_model(ssal.get_args(["--seed", "1"]), 10, 32)
+    ssal.load_weights(other, str(good))
+    assert torch.equal(other.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
