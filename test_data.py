@@ -420,3 +420,38 @@ def test_tinyimagenet_valid_cache_is_used_as_is(tmp_path, capsys):
     np.savez(root / "arrays.npz", x_tr=marked, y_tr=good[1], x_te=good[2], y_te=good[3])
     again = D.load_tinyimagenet_arrays(str(tmp_path))
     assert again[0][0, 0, 0, 0] == 123 and "warning" not in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the training stream: random access (resume) and views that depend on the draw only
+
+def test_stream_is_permutations_and_resumes_anywhere():
+    n, total = 7, 30
+    full = list(D.Stream(n, total, seed=5))
+    assert [t for t, _ in full] == list(range(total))
+    ks = [k for _, k in full]
+    for e in range(total // n):  # every whole pass is a permutation of the items
+        assert sorted(ks[e * n:(e + 1) * n]) == list(range(n))
+    assert len(set(ks[28:])) == 2  # the cut last pass draws without repetition
+    for j in (0, 1, 6, 7, 13, 29):
+        assert list(D.Stream(n, total, seed=5, start=j)) == full[j:]
+        assert len(D.Stream(n, total, seed=5, start=j)) == total - j
+    assert [k for _, k in D.Stream(n, total, seed=6)] != ks
+    assert ks[:n] != ks[n:2 * n]  # a fresh permutation each pass
+
+
+def test_training_views_depend_on_the_draw_not_on_workers_or_start(digits):
+    x, y = digits.x_tr, digits.y_tr
+    views = D.make_views(32, False, (0.5,) * 3, (0.25,) * 3)
+    ds = D.Views(x, y, np.arange(40), {"weak": views["weak"], "strong": views["strong"]}, view_seed=(0, 1))
+    assert torch.equal(ds[(3, 5)]["strong"], ds[(3, 5)]["strong"])  # the same draw: the same view
+    assert not torch.equal(ds[(3, 5)]["strong"], ds[(4, 5)]["strong"])  # another draw of the same image: another
+    before = torch.get_rng_state()
+    a = [b for b in D.loader(ds, 8, num_samples=48, seed=1)]
+    assert torch.equal(before, torch.get_rng_state())  # the global RNG is not touched
+    b = [b for b in D.loader(ds, 8, num_samples=48, seed=1, workers=2)]
+    c = [b for b in D.loader(ds, 8, num_samples=48, seed=1, start=16)]  # resumed after 2 batches
+    for u, v in zip(a, b):
+        assert torch.equal(u["idx"], v["idx"]) and torch.equal(u["strong"], v["strong"])
+    for u, v in zip(a[2:], c):
+        assert torch.equal(u["idx"], v["idx"]) and torch.equal(u["weak"], v["weak"])
