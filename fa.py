@@ -66,6 +66,7 @@ def similarity_loss(z_u_w, z_u_s, q_w, q_s, filled=None):
     when no slot is filled yet.
     """
     N_l, T, d = q_s.shape
+    z_u_w, z_u_s = z_u_w.float(), z_u_s.float()  # cosine similarities in float32, also under autocast (--amp)
     if filled is None:
         filled = torch.ones(N_l, T, dtype=torch.bool, device=q_s.device)
     if not bool(filled.any()):
@@ -89,6 +90,7 @@ def contrastive_loss(z_s, z_w, eps=1e-5):
     With this normalisation Eq. 19 holds exactly: mean_b ||zs_hat[b] - zw_hat[b]||^2 = 2 * sum_i (1 - c_i)
     <= 2 * sqrt(d * L_c) (Cauchy-Schwarz). The variance is the biased (1/B) one so that mean_b zs_hat^2 = 1.
     """
+    z_s, z_w = z_s.float(), z_w.float()  # the per-dimension standardisation in float32, also under autocast (--amp)
     zs = (z_s - z_s.mean(0)) / torch.sqrt(z_s.var(0, unbiased=False) + eps)  # [B, d]
     zw = (z_w - z_w.mean(0)) / torch.sqrt(z_w.var(0, unbiased=False) + eps)  # [B, d]
     c = (zs * zw).mean(0)  # [d]

@@ -108,6 +108,9 @@ def get_args(argv=None):
     a("--weight-decay", type=float, help="AdamW weight decay. Preset: 5e-4")
     a("--layer-decay", type=float, help="layer-wise lr decay (timm). Preset: digits none, others 0.5")
     a("--warmup", type=int, help="linear warm-up iterations. Preset: digits 75, others 5120")
+    a("--amp", default="auto", choices=("auto", "none", "bf16", "fp16"),
+      help="mixed precision for the forward pass and the losses (FA's statistics and FreeMatch's EMAs stay float32); "
+           "auto: bf16 on a CUDA GPU that supports it, none otherwise (USB trains in float32); fp16 uses a GradScaler")
     # run
     a("--seed", type=int, default=0, help="seed of the initial labeled set, the weights and the data order")
     a("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
@@ -138,6 +141,9 @@ def get_args(argv=None):
     check_flags(p, args)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.amp == "auto":
+        cuda = args.device.startswith("cuda") and torch.cuda.is_available()
+        args.amp = "bf16" if cuda and torch.cuda.is_bf16_supported() else "none"
     if args.workers < 0:
         args.workers = 0 if args.device == "cpu" else 4
     if args.name is None:
@@ -332,6 +338,46 @@ def build_optimizer(args, model):
     return opt, sched
 
 
+def autocast(args):
+    """--amp: the forward pass and the losses in bfloat16 / float16 where it is safe (torch.autocast); FA's
+    statistics and FreeMatch's EMA estimates are computed in float32 inside fa.py / ssl_algos.py."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    return torch.autocast(torch.device(args.device).type, dtype=dtype, enabled=dtype is not None)
+
+
+def forward_losses(args, model, algo, queues, pos_of, batches, normalize):
+    """One training step's forward pass and losses. batches: the labeled batch, then the unlabeled one if the SSL
+    algorithm reads it (uint8 views; `normalize` turns them into the model's input on the device). Returns the
+    total loss (a scalar with a graph) and its detached terms (the log's parts)."""
+    dev = torch.device(args.device)
+    lb = batches[0]
+    y_lb = lb["y"].to(dev, non_blocking=True)
+    views = [lb["weak"]]  # x_lb
+    if args.fa:
+        views.append(lb["strong"])  # x_lb_s: FA's extra forward, fills Q_s
+    if algo.uses_unlabeled:
+        views += [batches[1]["weak"], batches[1]["strong"]]  # x_ulb_w, x_ulb_s
+    x = normalize(torch.cat(views).to(dev, non_blocking=True))  # [B + (B) + 2 B_u, 3, H, W]
+    z, logits = features_and_logits(model, x)  # one forward for every view
+    n_lb = y_lb.shape[0]
+    loss_l = ssl_algos.labeled_loss(logits[:n_lb], y_lb)  # L_l, Eq. 1
+    loss, terms = loss_l, {"L_l": loss_l.detach()}
+    if algo.uses_unlabeled:
+        off = 2 * n_lb if args.fa else n_lb
+        z_u_w, z_u_s = z[off:].chunk(2)  # [B_u, d] each
+        logits_u_w, logits_u_s = logits[off:].chunk(2)
+        loss_u, mask, parts_u = algo.unlabeled_loss(logits_u_w, logits_u_s)  # L_u, Eq. 2 (+ fairness)
+        loss = loss + args.lambda_u * loss_u
+        terms.update(parts_u, mask=mask.mean())
+        if args.fa:
+            queues.update(pos_of[lb["idx"]], z[:n_lb], z[n_lb:2 * n_lb])  # Q_w <- z_lb_w, Q_s <- z_lb_s
+            loss_s = fa.similarity_loss(z_u_w, z_u_s, queues.q_w, queues.q_s, queues.filled)  # Eqs. 11-12
+            loss_c = fa.contrastive_loss(z_u_s, z_u_w)  # Eq. 18
+            loss = loss + args.lambda_s * loss_s + args.lambda_c * loss_c
+            terms.update(L_s=loss_s.detach(), L_c=loss_c.detach())
+    return loss, terms
+
+
 def train(args, data, labeled, rnd, log=None, ck=None, resume=None):
     """Train a fresh model (same initial weights every call) on the labeled indices `labeled` with the SSL
     algorithm and, with --fa, the FA losses. The SSL unlabeled stream is the whole training set. `rnd` is the
@@ -347,6 +393,7 @@ def train(args, data, labeled, rnd, log=None, ck=None, resume=None):
     model = build_model(args, data.num_classes, data.size).to(dev)
     algo = ssl_algos.build_ssl(args.ssl, data.num_classes, args.p_cutoff, args.ema_p, args.ent_loss_ratio)
     opt, sched = build_optimizer(args, model)
+    scaler = torch.amp.GradScaler(dev.type, enabled=args.amp == "fp16")
     queues, pos_of = None, None
     if args.fa:
         queues = fa.FeatureQueues(len(labeled), args.queue_len, model.num_features, device=dev)
@@ -358,6 +405,7 @@ def train(args, data, labeled, rnd, log=None, ck=None, resume=None):
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["opt"])
         sched.load_state_dict(resume["sched"])
+        scaler.load_state_dict(resume["scaler"])
         algo.load_state_dict(resume["ssl"])
         if queues:
             queues.load_state_dict(resume["queues"])
@@ -381,7 +429,8 @@ def train(args, data, labeled, rnd, log=None, ck=None, resume=None):
 
     def state():  # everything needed to continue exactly from here
         return {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "ssl": algo.state_dict(), "queues": queues.state_dict() if queues else None,
+                "scaler": scaler.state_dict(), "ssl": algo.state_dict(),
+                "queues": queues.state_dict() if queues else None,
                 "loop": {**S, "time": S["time"] + time.time() - t_run}, "rng": rng_states()}
 
     model.train()
@@ -391,32 +440,10 @@ def train(args, data, labeled, rnd, log=None, ck=None, resume=None):
     t_run = t_win = time.time()
     n_timed, t_eval = 0, 0.0  # iterations timed in this window by this process, and evaluation time to leave out
     for it, batches in enumerate(bar, start=start):
-        lb = batches[0]
-        x_lb, y_lb = lb["weak"].to(dev, non_blocking=True), lb["y"].to(dev, non_blocking=True)
-        parts = [x_lb]
-        if args.fa:
-            parts.append(lb["strong"].to(dev, non_blocking=True))  # x_lb_s: FA's extra forward, fills Q_s
-        if algo.uses_unlabeled:
-            ulb_b = batches[1]
-            parts += [ulb_b["weak"].to(dev, non_blocking=True), ulb_b["strong"].to(dev, non_blocking=True)]
-        z, logits = features_and_logits(model, torch.cat(parts))  # one forward for every view
-        n_lb = x_lb.shape[0]
-        loss_l = ssl_algos.labeled_loss(logits[:n_lb], y_lb)  # L_l, Eq. 1
-        loss, terms = loss_l, {"L_l": loss_l.detach()}
-        if algo.uses_unlabeled:
-            off = 2 * n_lb if args.fa else n_lb
-            z_u_w, z_u_s = z[off:].chunk(2)  # [B_u, d] each
-            logits_u_w, logits_u_s = logits[off:].chunk(2)
-            loss_u, mask, parts_u = algo.unlabeled_loss(logits_u_w, logits_u_s)  # L_u, Eq. 2 (+ fairness)
-            loss = loss + args.lambda_u * loss_u
-            S["mask_sum"] += mask.mean()
-            terms.update(parts_u, mask=mask.mean())
-            if args.fa:
-                queues.update(pos_of[lb["idx"]], z[:n_lb], z[n_lb:2 * n_lb])  # Q_w <- z_lb_w, Q_s <- z_lb_s
-                loss_s = fa.similarity_loss(z_u_w, z_u_s, queues.q_w, queues.q_s, queues.filled)  # Eqs. 11-12
-                loss_c = fa.contrastive_loss(z_u_s, z_u_w)  # Eq. 18
-                loss = loss + args.lambda_s * loss_s + args.lambda_c * loss_c
-                terms.update(L_s=loss_s.detach(), L_c=loss_c.detach())
+        with autocast(args):
+            loss, terms = forward_losses(args, model, algo, queues, pos_of, batches, data.normalize)
+        if "mask" in terms:
+            S["mask_sum"] += terms["mask"]
         if not torch.isfinite(loss):  # diverged: stop before the step; the last checkpoint stays
             bar.close()
             kept = f"; the last checkpoint stays in {ck.path}" if ck and os.path.isfile(ck.path) else ""
@@ -425,8 +452,9 @@ def train(args, data, labeled, rnd, log=None, ck=None, resume=None):
                        f"over with --no-resume{kept}", code=3)
         lr = max(g["lr"] for g in opt.param_groups)  # the base lr of this step (the head's group has scale 1)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()  # the scaler is a no-op unless --amp fp16
+        scaler.step(opt)
+        scaler.update()
         sched.step()
 
         n = S["n"] = it + 1  # iterations done
@@ -467,38 +495,44 @@ def train(args, data, labeled, rnd, log=None, ck=None, resume=None):
 # ----------------------------------------------------------------------------------------------------------------
 # evaluation and features
 
+def view_tensor(dataset, args):
+    """Every item of a Views dataset under its (one) view, as uint8 [N, 3, H, W] in dataset order."""
+    return torch.cat([next(v for k, v in b.items() if k not in ("idx", "y"))
+                      for b in D.loader(dataset, 256, workers=args.workers)])
+
+
+class Batches:
+    """Normalised batches (x,) of a uint8 image tensor [N, 3, H, W], on the device, as often as iterated: the pool
+    that noise stability passes through 31 times reads views computed once, not once per pass."""
+
+    def __init__(self, x, normalize, args, size=256):
+        self.x, self.normalize, self.dev, self.size = x, normalize, torch.device(args.device), size
+
+    def __iter__(self):
+        for i in range(0, len(self.x), self.size):
+            yield (self.normalize(self.x[i:i + self.size].to(self.dev, non_blocking=True)),)
+
+
 @torch.no_grad()
-def run_model(model, dataset, args, batch_size=256):
-    """Features [N, d] and logits [N, C] of a dataset's first view, in dataset order, model in eval mode."""
+def run_model(model, x, data, args):
+    """Features [N, d] and logits [N, C] of uint8 images x [N, 3, H, W], in order, model in eval mode."""
     model.eval()
-    dev = torch.device(args.device)
     zs, ls = [], []
-    for b in D.loader(dataset, batch_size, workers=args.workers):
-        x = next(v for k, v in b.items() if k not in ("idx", "y"))
-        z, lg = features_and_logits(model, x.to(dev))
-        zs.append(z)
-        ls.append(lg)
+    for (xb,) in Batches(x, data.normalize, args):
+        with autocast(args):
+            z, lg = features_and_logits(model, xb)
+        zs.append(z.float())
+        ls.append(lg.float())
     return torch.cat(zs), torch.cat(ls)
 
 
 def test_accuracy(model, data, args):
     """Top-1 accuracy on the test set, and the histogram of predicted classes (a collapse shows there)."""
-    _, logits = run_model(model, D.Views(data.x_te, data.y_te, np.arange(len(data.y_te)),
-                                         {"plain": data.views["plain"]}), args)
+    x = view_tensor(D.Views(data.x_te, data.y_te, np.arange(len(data.y_te)), {"plain": data.views["plain"]}), args)
+    _, logits = run_model(model, x, data, args)
     pred = logits.argmax(1).cpu()
     acc = (pred == torch.as_tensor(data.y_te)).sum().item() / len(data.y_te)
     return acc, torch.bincount(pred, minlength=data.num_classes).tolist()
-
-
-class InputsOnly:
-    """Iterates (x,) batches of a Views dataset: the pool loader that noise stability reads."""
-
-    def __init__(self, dataset, args):
-        self.dataset, self.args = dataset, args
-
-    def __iter__(self):
-        for b in D.loader(self.dataset, 256, workers=self.args.workers):
-            yield (b["weak"],)
 
 
 def weak_view_set(data, indices, args, rnd):
@@ -513,13 +547,13 @@ def select(args, data, model, labeled, rnd):
     if args.budget > len(pool):
         raise D.DataError(f"--budget {args.budget} is larger than the {len(pool)} images left in the pool")
     t0 = time.time()
-    pool_set = weak_view_set(data, pool, args, rnd)
-    feats_lb, _ = run_model(model, weak_view_set(data, labeled, args, rnd), args)  # [N_l, d]
-    feats_pool, _ = run_model(model, pool_set, args)  # [N_p, d]
+    x_pool = view_tensor(weak_view_set(data, pool, args, rnd), args)  # uint8 [N_p, 3, H, W], one fixed view each
+    feats_lb, _ = run_model(model, view_tensor(weak_view_set(data, labeled, args, rnd), args), data, args)  # [N_l, d]
+    feats_pool, _ = run_model(model, x_pool, data, args)  # [N_p, d]
     t1 = time.time()
     ctx = dict(feats_lb=feats_lb, labels_lb=torch.as_tensor(data.y_tr[labeled], device=feats_lb.device),
                feats_pool=feats_pool, head=model.get_classifier(), model=model,
-               pool_loader=InputsOnly(pool_set, args), num_classes=data.num_classes, seed=args.seed + rnd)
+               pool_loader=Batches(x_pool, data.normalize, args), num_classes=data.num_classes, seed=args.seed + rnd)
     with torch.enable_grad():  # AlphaMix differentiates the head
         pos = np.asarray(al_strategies.select(args.al, args.budget, ctx))
     t2 = time.time()
@@ -615,7 +649,7 @@ def _on_signal(signum, frame):
 
 ROUND0_FLAGS = ("dataset", "budget", "seed", "ssl", "fa", "lambda_s", "lambda_c", "queue_len", "p_cutoff", "ema_p",
                 "ent_loss_ratio", "lambda_u", "model", "pretrained", "weights", "iters", "batch_size", "uratio",
-                "lr", "weight_decay", "layer_decay", "warmup", "eval_every")  # eval_every: the saved curve
+                "lr", "weight_decay", "layer_decay", "warmup", "amp", "eval_every")  # eval_every: the saved curve
 
 
 def round0_path(args):
@@ -743,7 +777,7 @@ def main(argv=None):
                + rec["time_train"])
     if args.save_features:  # Fig. 3: final-model features of the images still unlabeled, one weak view each
         pool = D.pool_of(len(data.y_tr), labeled)
-        z, _ = run_model(model, weak_view_set(data, pool, args, args.rounds), args)
+        z, _ = run_model(model, view_tensor(weak_view_set(data, pool, args, args.rounds), args), data, args)
         np.savez_compressed(os.path.join(args.out, f"{args.name}.features.npz"), feats=z.cpu().numpy(),
                             labels=data.y_tr[pool], idx=pool)
     atomic_save(res, path, as_json=True)

@@ -49,7 +49,7 @@ class FixMatch:
         self.num_classes, self.p_cutoff = num_classes, p_cutoff
 
     def unlabeled_loss(self, logits_w, logits_s):
-        probs = torch.softmax(logits_w.detach(), dim=-1)  # [B_u, C] q(x) in Eq. 2
+        probs = torch.softmax(logits_w.detach().float(), dim=-1)  # [B_u, C] q(x) in Eq. 2
         max_p, pseudo_label = probs.max(dim=-1)  # [B_u]
         mask = (max_p >= self.p_cutoff).float()  # 1[max q >= tau]
         loss = masked_consistency_loss(logits_s, pseudo_label, mask)
@@ -128,7 +128,7 @@ class FreeMatch:
         self.label_hist = m * self.label_hist + (1 - m) * hist / hist.sum()
 
     def unlabeled_loss(self, logits_w, logits_s):
-        probs = torch.softmax(logits_w.detach(), dim=-1)  # [B_u, C]
+        probs = torch.softmax(logits_w.detach().float(), dim=-1)  # [B_u, C]; float32 EMAs, also under --amp
         self.update(probs)
         max_p, pseudo_label = probs.max(dim=-1)
         tau_c = self.time_p * self.p_model / self.p_model.max()  # [C] self-adaptive class thresholds
