@@ -1,7 +1,9 @@
-"""Speed and memory of the selectors in al_strategies.py on synthetic data (CPU).
+"""Speed and memory of the selectors in al_strategies.py on synthetic data (CPU), and of a training iteration.
 
-    python bench.py                         # N = 10k, 50k, 100k; d = 384; budget 100
+    python bench.py                         # the selectors (= python bench.py select): N = 10k, 50k, 100k; d = 384
     python bench.py --sizes 50000 --dim 768 --budget 200
+    python bench.py train                   # s / training iteration: data, forward + backward + step, FA's share
+    python bench.py train --settings digits --amp bf16 --iters 20     (python bench.py train --help: the flags)
 
 Features are a Gaussian mixture with `--classes` classes (unit-variance class means, within-class
 std `--spread`), one labeled sample per class, and the head is the nearest-class-mean linear
@@ -14,12 +16,17 @@ import gc
 import os
 import platform
 import resource
+import sys
 import time
 
 import numpy as np
 import torch
 
 import al_strategies as al
+import data as D
+import fa
+import ssal
+import ssl_algos
 
 
 def rss_mb(field):
@@ -116,8 +123,231 @@ def bench_noise(args):
           f"peak extra {mem:.0f} MB")
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+# ----------------------------------------------------------------------------------------------------------------
+# bench.py train: one training iteration of ssal.py, split into its parts
+
+TRAIN_DOC = """Seconds per training iteration of ssal.py: its own training step (ssal.build_model, build_optimizer,
+forward_losses under ssal.autocast, backward, AdamW step) on the real view pipeline (data.Views + data.loader over
+the training streams, as ssal.train builds them), each setting without and with FA:
+    cifar100  the paper's setting: ViT-S/2 at 32x32 (ARCHS["vit_small_patch2_32"]), FreeMatch, batch 8 labeled
+              (+ their 8 strong views with FA) + 8 unlabeled x 2 views (uratio 1), 100 classes, on 2,000 random
+              uint8 images of CIFAR's shape with random labels, CIFAR-100's weak / strong views and Normalize
+    digits    the CPU demo: the real digits data, vit_tiny_digits, batch 16 + 48 unlabeled x 2 views (uratio 3)
+Columns: data = drawing one iteration's batches from the loaders; fwd+bwd+step = the step on batches drawn before;
+FA extra = its difference with and without FA; FA losses = queues.update + fa.similarity_loss + fa.contrastive_loss
+alone (forward); images/s = views forwarded per iteration / fwd+bwd+step; peak MiB = torch.cuda.max_memory_allocated
+over the steps (CUDA only). Every ssal flag not set here takes the dataset's preset. Prints Markdown.
+
+    python bench.py train
+    python bench.py train --settings digits --amp bf16 --iters 50
+"""
+
+
+class SyntheticCifar:
+    """What ssal.train and ssal.forward_losses read of a data.Data, for CIFAR-100's shape without the dataset:
+    n random uint8 images [n, 32, 32, 3] and labels (every class n / 100 times, in random order), CIFAR-100's
+    weak / strong / plain views (data.make_views(32, flip=True)) and its Normalize (USB's mean / std)."""
+
+    def __init__(self, n=2000, seed=0):
+        rng = np.random.default_rng(seed)
+        self.name = "cifar100"
+        self.num_classes, self.size, flip = D.DATASETS["cifar100"]
+        self.x_tr = rng.integers(0, 256, (n, self.size, self.size, 3), dtype=np.uint8)
+        self.y_tr = rng.permutation(np.arange(n) % self.num_classes).astype(np.int64)
+        self.x_te, self.y_te = self.x_tr[:0], self.y_tr[:0]  # no test set: the benchmark never evaluates
+        self.mean, self.std = D.CIFAR100_MEAN, D.CIFAR100_STD
+        self._normalize = D.Normalize(self.mean, self.std)
+        self.views = D.make_views(self.size, flip)
+
+    def normalize(self, x):
+        return self._normalize(x)
+
+
+# setting -> (the --dataset whose preset ssal.get_args applies, the data, what the table calls it)
+TRAIN_SETTINGS = {
+    "cifar100": ("cifar100", lambda: SyntheticCifar(), "cifar100 (synthetic, 2,000 images)"),
+    "digits": ("digits", lambda: D.Data("digits"), "digits"),
+}
+# timed and untimed (warm-up) iterations per row when --iters / --warmup are not given: ViT-S/2 at 32x32 (257
+# tokens) takes seconds per iteration on a CPU; elsewhere 50 and 2
+DEFAULT_ITERS = {("cpu", "cifar100"): 3, ("cpu", "digits"): 20}
+DEFAULT_WARMUP = {("cpu", "cifar100"): 1}
+
+
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _training_setup(args, data, labeled):
+    """The model, SSL algorithm, optimiser, scaler, FA queues and the two training streams, as ssal.train builds them
+    (its first lines, repeated here: ssal has no function that returns them)."""
+    dev = torch.device(args.device)
+    model = ssal.build_model(args, data.num_classes, data.size).to(dev)
+    algo = ssl_algos.build_ssl(args.ssl, data.num_classes, args.p_cutoff, args.ema_p, args.ent_loss_ratio)
+    opt, sched = ssal.build_optimizer(args, model)
+    scaler = torch.amp.GradScaler(dev.type, enabled=args.amp == "fp16")
+    queues, pos_of = None, None
+    if args.fa:
+        queues = fa.FeatureQueues(len(labeled), args.queue_len, model.num_features, device=dev)
+        pos_of = torch.full((len(data.y_tr),), -1, dtype=torch.long)
+        pos_of[torch.as_tensor(labeled)] = torch.arange(len(labeled))
+    B, Bu, V = args.batch_size, args.batch_size * args.uratio, data.views
+    lb_views = {"weak": V["weak"], "strong": V["strong"]} if args.fa else {"weak": V["weak"]}
+    lb_set = D.Views(data.x_tr, data.y_tr, labeled, lb_views, view_seed=(args.seed, 0))
+    streams = [D.loader(lb_set, B, num_samples=args.iters * B, seed=D.mix_seed(args.seed, 0), workers=args.workers)]
+    if algo.uses_unlabeled:
+        ulb_set = D.Views(data.x_tr, data.y_tr, np.arange(len(data.y_tr)), {"weak": V["weak"], "strong": V["strong"]},
+                          view_seed=(args.seed, 1))
+        streams.append(D.loader(ulb_set, Bu, num_samples=args.iters * Bu, seed=D.mix_seed(args.seed, 1),
+                                workers=args.workers))
+    return model, algo, opt, sched, scaler, queues, pos_of, streams
+
+
+def bench_train_one(args, data, warmup, iters):
+    """Times one setting (args: ssal's flags). Returns a dict of seconds per iteration:
+        data       drawing one iteration's batches (labeled + unlabeled) from the training streams' loaders
+                   (D.loader over D.Views with the streams' view seeds; in this process when --workers is 0)
+        step       ssal.forward_losses under ssal.autocast, the finiteness check, backward (through the fp16
+                   GradScaler when --amp fp16), AdamW step and lr schedule step, as in ssal.train's loop, on the
+                   batches drawn before (their copy to the device included)
+        fa_losses  (with --fa) queues.update + fa.similarity_loss + fa.contrastive_loss on the features of one real
+                   batch (forward only, as in forward_losses; their backward is in `step`)
+    the first `warmup` iterations untimed; views per iteration; the peak of torch.cuda.max_memory_allocated in
+    MiB on CUDA over the steps (model, gradients, AdamW state and activations), else None."""
+    dev = torch.device(args.device)
+    labeled = D.initial_split(data.y_tr, args.budget, data.num_classes, args.seed)
+    model, algo, opt, sched, scaler, queues, pos_of, streams = _training_setup(args, data, labeled)
+    its, batches, t_data = [iter(s) for s in streams], [], 0.0
+    for k in range(warmup + iters):
+        t = time.perf_counter()
+        batches.append([next(i) for i in its])
+        if k >= warmup:
+            t_data += time.perf_counter() - t
+    del its  # stops the workers, if any
+
+    def step(b):  # ssal.train's loop body without the logging / evaluation / checkpoint bookkeeping
+        with ssal.autocast(args):
+            loss, _ = ssal.forward_losses(args, model, algo, queues, pos_of, b, data.normalize)
+        if not torch.isfinite(loss):  # ssal.train checks every iteration (a device sync on CUDA)
+            raise RuntimeError("non-finite loss")
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+
+    model.train()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    for b in batches[:warmup]:
+        step(b)
+    _sync(dev)
+    t = time.perf_counter()
+    for b in batches[warmup:]:
+        step(b)
+    _sync(dev)
+    out = {"data": t_data / iters, "step": (time.perf_counter() - t) / iters,
+           "peak_mib": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None}
+    lb, ulb = batches[-1][0], batches[-1][1] if algo.uses_unlabeled else None
+    n_lb = lb["y"].shape[0]
+    out["views"] = n_lb * (2 if args.fa else 1) + (2 * ulb["y"].shape[0] if ulb is not None else 0)
+    if args.fa:  # the features of the last batch, in forward_losses' order: x_lb, x_lb_s, x_ulb_w, x_ulb_s
+        with torch.no_grad(), ssal.autocast(args):
+            x = data.normalize(torch.cat([lb["weak"], lb["strong"], ulb["weak"], ulb["strong"]]).to(dev))
+            z0, _ = ssal.features_and_logits(model, x)
+        reps = max(iters, 20)
+        _sync(dev)
+        t = time.perf_counter()
+        for k in range(reps):
+            z = z0.detach().requires_grad_()  # as in the step: the losses build a graph into the features
+            with ssal.autocast(args):
+                z_u_w, z_u_s = z[2 * n_lb:].chunk(2)
+                queues.update(pos_of[batches[k % len(batches)][0]["idx"]], z[:n_lb], z[n_lb:2 * n_lb])
+                loss_s = fa.similarity_loss(z_u_w, z_u_s, queues.q_w, queues.q_s, queues.filled)
+                loss_c = fa.contrastive_loss(z_u_s, z_u_w)
+                args.lambda_s * loss_s + args.lambda_c * loss_c
+        _sync(dev)
+        out["fa_losses"] = (time.perf_counter() - t) / reps
+    return out
+
+
+def bench_train(opts):
+    dev = torch.device(opts.device)
+    rows = []
+    print("| setting | model | batch (lb + ulb x 2 views) | FA | timed it (+ warm-up) | views / it | data s/it "
+          "| fwd+bwd+step s/it | FA extra s/it | FA extra % | FA losses s/it | data + step s/it | images/s (step) "
+          "| peak MiB |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name in opts.settings:
+        dataset, make_data, label = TRAIN_SETTINGS[name]
+        data = make_data()
+        iters = opts.iters or DEFAULT_ITERS.get((dev.type, name), 50)
+        warmup = opts.warmup if opts.warmup is not None else DEFAULT_WARMUP.get((dev.type, name), 2)
+        base = None
+        for use_fa in (False, True):
+            args = ssal.get_args(["--dataset", dataset, "--device", opts.device, "--amp", opts.amp,
+                                  "--workers", str(opts.workers)] + (["--fa"] if use_fa else []))
+            r = bench_train_one(args, data, warmup, iters)
+            gc.collect()
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            if not use_fa:
+                base = r
+            extra = r["step"] - base["step"] if use_fa else None
+            B, Bu = args.batch_size, args.batch_size * args.uratio
+            cells = [label, args.model, f"{B} (+{B} strong) + {Bu} x 2" if use_fa else f"{B} + {Bu} x 2",
+                     "yes" if use_fa else "no", f"{iters} (+{warmup})", f"{r['views']}", f"{r['data']:.4g}", f"{r['step']:.4g}",
+                     f"{extra:+.4g}" if use_fa else "-", f"{100 * extra / base['step']:+.1f}" if use_fa else "-",
+                     f"{r['fa_losses']:.4g}" if use_fa else "-", f"{r['data'] + r['step']:.4g}",
+                     f"{r['views'] / r['step']:.1f}", f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "-"]
+            print("| " + " | ".join(cells) + " |", flush=True)
+            rows.append((name, use_fa, r))
+    return rows
+
+
+def main_train(argv=None):
+    p = argparse.ArgumentParser(prog="bench.py train", description=TRAIN_DOC,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--settings", nargs="+", choices=list(TRAIN_SETTINGS), default=list(TRAIN_SETTINGS),
+                   help="which settings to time, each without and with FA (default: all)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
+    p.add_argument("--amp", default="auto", choices=("auto", "none", "bf16", "fp16"),
+                   help="ssal's --amp (default auto: bf16 on a CUDA GPU that supports it, none on the CPU)")
+    p.add_argument("--iters", type=int, default=None,
+                   help="timed iterations per row (default: on the CPU 3 for cifar100, 20 for digits; 50 on a GPU)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed iterations first (default: 1 on the CPU for cifar100, else 2)")
+    p.add_argument("--workers", type=int, default=-1,
+                   help="ssal's --workers: data-loading processes (default -1: 0 on the CPU, 4 on a GPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    opts = p.parse_args(argv)
+    if opts.iters is not None and opts.iters < 1:
+        p.error(f"--iters must be at least 1, not {opts.iters}")
+    if opts.warmup is not None and opts.warmup < 0:
+        p.error(f"--warmup must be at least 0, not {opts.warmup}")
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    try:
+        dev = torch.device(opts.device)
+    except (RuntimeError, ValueError):
+        p.error(f"--device {opts.device!r} is not a device name (cpu, cuda, cuda:1, ...)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {opts.device}: no CUDA GPU is visible here (use --device cpu)")
+    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "no GPU"
+    load = " / ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    a = ssal.get_args(["--device", opts.device, "--amp", opts.amp, "--workers", str(opts.workers)])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"{platform.processor() or platform.machine()}; device {opts.device} ({gpu}); --amp {a.amp}; "
+          f"{a.workers} data-loading workers; "
+          f"load average {load}\n")
+    bench_train(opts)
+
+
+def main_select(argv=None):
+    p = argparse.ArgumentParser(prog="bench.py [select]", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 100_000],
                    help="pool sizes N to time (default: 10000 50000 100000)")
     p.add_argument("--dim", type=int, default=384, help="feature dimension d (default: 384)")
@@ -134,7 +364,7 @@ def main():
                    help="rows of the synthetic deviation matrix for k-center (default: 50000)")
     p.add_argument("--skip-noise", action="store_true", help="skip the noise-stability part")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
@@ -142,6 +372,14 @@ def main():
     bench_features(args)
     if not args.skip_noise:
         bench_noise(args)
+
+
+def main(argv=None):
+    """`bench.py [select] [flags]`: the selectors (the bare form is the original interface); `bench.py train`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:
+        return main_train(argv[1:])
+    return main_select(argv[1:] if argv[:1] == ["select"] else argv)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Every round trains from the same initial weights (same seed), as in the usual AL
 differ only by their labeled set. Flags left unset take the dataset's preset (PRESETS below).
 """
 import argparse
+import glob
 import hashlib
 import json
 import math
@@ -781,10 +782,10 @@ def main(argv=None):
         np.savez_compressed(os.path.join(args.out, f"{args.name}.features.npz"), feats=z.cpu().numpy(),
                             labels=data.y_tr[pool], idx=pool)
     atomic_save(res, path, as_json=True)
-    if os.path.exists(ck.path):
-        os.remove(ck.path)
-        if not os.listdir(os.path.dirname(ck.path)):
-            os.rmdir(os.path.dirname(ck.path))
+    for f in glob.glob(glob.escape(ck.path) + "*"):  # the checkpoint, and a temporary file a kill left half-written
+        os.remove(f)
+    if os.path.isdir(os.path.dirname(ck.path)) and not os.listdir(os.path.dirname(ck.path)):
+        os.rmdir(os.path.dirname(ck.path))
     print(f"final: {len(labeled)} labels, test accuracy {acc:.4f} ({100 * acc:.2f}%), best {rec['acc_best']:.4f} "
           f"at iteration {max(rec['curve'], key=lambda p: p['acc'])['iter']}; wrote {path}")
     return res

@@ -345,3 +345,30 @@ def test_curves_missing_log_is_one_line_and_exit_2(tmp_path):
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.count("\n") == 1 and str(tmp_path / "old.log.jsonl") in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_bench_train_smoke():
+    """python bench.py train: a Markdown row per FA variant of the setting, with positive timings that add up."""
+    cmd = [sys.executable, os.path.join(HERE, "bench.py"), "train", "--settings", "digits", "--iters", "2",
+           "--warmup", "1", "--device", "cpu", "--threads", "1"]  # 1 thread: 2 threads crawl when the suite runs beside
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    table = [l for l in p.stdout.splitlines() if l.startswith("|")]
+    cells = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
+    head = cells(table[0])
+    assert set(cells(table[1])) <= {"---", "---:"}
+    rows = [dict(zip(head, cells(l), strict=True)) for l in table[2:]]
+    assert [(r["setting"], r["FA"]) for r in rows] == [("digits", "no"), ("digits", "yes")]
+    for r in rows:
+        assert r["model"] == "vit_tiny_digits" and r["timed it (+ warm-up)"] == "2 (+1)" and r["peak MiB"] == "-"
+        t = {k: float(r[k]) for k in ("data s/it", "fwd+bwd+step s/it", "data + step s/it", "images/s (step)")}
+        assert all(v > 0 for v in t.values()), r
+        assert t["data + step s/it"] == pytest.approx(t["data s/it"] + t["fwd+bwd+step s/it"], rel=1e-3)
+        assert t["images/s (step)"] == pytest.approx(int(r["views / it"]) / t["fwd+bwd+step s/it"], rel=1e-2)
+    no, fa = rows
+    assert int(no["views / it"]) == 16 + 2 * 48 and int(fa["views / it"]) == 2 * 16 + 2 * 48  # FA: + x_lb_s
+    assert no["FA extra s/it"] == no["FA extra %"] == no["FA losses s/it"] == "-"
+    extra = float(fa["FA extra s/it"])  # a difference of two timings: either sign
+    assert extra == pytest.approx(float(fa["fwd+bwd+step s/it"]) - float(no["fwd+bwd+step s/it"]), rel=1e-2, abs=1e-3)
+    assert float(fa["FA extra %"]) == pytest.approx(100 * extra / float(no["fwd+bwd+step s/it"]), abs=0.2)
+    assert float(fa["FA losses s/it"]) > 0
