@@ -297,8 +297,9 @@ def bench_train(opts):
             extra = r["step"] - base["step"] if use_fa else None
             B, Bu = args.batch_size, args.batch_size * args.uratio
             cells = [label, args.model, f"{B} (+{B} strong) + {Bu} x 2" if use_fa else f"{B} + {Bu} x 2",
-                     "yes" if use_fa else "no", f"{iters} (+{warmup})", f"{r['views']}", f"{r['data']:.4g}", f"{r['step']:.4g}",
-                     f"{extra:+.4g}" if use_fa else "-", f"{100 * extra / base['step']:+.1f}" if use_fa else "-",
+                     "yes" if use_fa else "no", f"{iters} (+{warmup})", f"{r['views']}", f"{r['data']:.4g}",
+                     f"{r['step']:.4g}", f"{extra:+.4g}" if use_fa else "-",
+                     f"{100 * extra / base['step']:+.1f}" if use_fa else "-",
                      f"{r['fa_losses']:.4g}" if use_fa else "-", f"{r['data'] + r['step']:.4g}",
                      f"{r['views'] / r['step']:.1f}", f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "-"]
             print("| " + " | ".join(cells) + " |", flush=True)
@@ -340,8 +341,7 @@ def main_train(argv=None):
     a = ssal.get_args(["--device", opts.device, "--amp", opts.amp, "--workers", str(opts.workers)])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"{platform.processor() or platform.machine()}; device {opts.device} ({gpu}); --amp {a.amp}; "
-          f"{a.workers} data-loading workers; "
-          f"load average {load}\n")
+          f"{a.workers} data-loading workers; load average {load}\n")
     bench_train(opts)
 
 
