@@ -422,3 +422,30 @@ def test_bf16_training_runs_close_to_float32(tmp_path):
         assert b[k] == pytest.approx(a[k], rel=0.05, abs=0.02), k
     assert any(a[k] != b[k] for k in ("L_l", "L_u", "L_s", "L_c"))
     assert all(math.isfinite(x[k]) for x in lines["bf16"] for k in ("L_l", "L_u", "L_s", "L_c"))
+
+
+@pytest.mark.parametrize("ssl", ["fixmatch", "freematch"])
+def test_weak_view_without_graph_gives_the_single_forward_gradients(ssl):
+    """Without FA, forward_losses forwards x_ulb_w without a graph; the loss and every gradient must equal those of
+    USB's single forward of [x_lb, x_ulb_w, x_ulb_s] (computed here directly)."""
+    data = ssal.D.Data("digits")
+    args = ssal.get_args([*TINY, "--ssl", ssl, "--p-cutoff", "0.1"])
+    torch.manual_seed(0)
+    lb = {"weak": torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), "y": torch.arange(4)}
+    ulb = {k: torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8) for k in ("weak", "strong")}
+    model = ssal.build_model(args, 10, 32)
+    algos = [ssal.ssl_algos.build_ssl(ssl, 10, 0.1, 0.9, 0.001) for _ in range(2)]
+    loss, terms = ssal.forward_losses(args, model, algos[0], None, None, [lb, ulb], data.normalize)
+    model.zero_grad()
+    loss.backward()
+    g1 = {n: p.grad.clone() for n, p in model.named_parameters()}
+    x = data.normalize(torch.cat([lb["weak"], ulb["weak"], ulb["strong"]]))
+    logits = model(x)
+    lw, ls = logits[4:].chunk(2)
+    ref = torch.nn.functional.cross_entropy(logits[:4], lb["y"]) + algos[1].unlabeled_loss(lw, ls)[0]
+    model.zero_grad()
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert 0 < terms["mask"] <= 1  # some pseudo-labels pass, so L_u has a gradient
+    for n, p in model.named_parameters():
+        assert torch.allclose(g1[n], p.grad, atol=1e-6, rtol=1e-4), n
