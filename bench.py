@@ -134,9 +134,11 @@ the training streams, as ssal.train builds them), each setting without and with 
               uint8 images of CIFAR's shape with random labels, CIFAR-100's weak / strong views and Normalize
     digits    the CPU demo: the real digits data, vit_tiny_digits, batch 16 + 48 unlabeled x 2 views (uratio 3)
 Columns: data = drawing one iteration's batches from the loaders; fwd+bwd+step = the step on batches drawn before;
-FA extra = its difference with and without FA; FA losses = queues.update + fa.similarity_loss + fa.contrastive_loss
-alone (forward); images/s = views forwarded per iteration / fwd+bwd+step; peak MiB = torch.cuda.max_memory_allocated
-over the steps (CUDA only). Every ssal flag not set here takes the dataset's preset. Prints Markdown.
+FA extra = its difference with and without FA (all that --fa changes in ssal.forward_losses: the labeled strong
+views, the graph through the weak unlabeled views that L_s and L_c differentiate, the FA losses); FA losses =
+queues.update + fa.similarity_loss + fa.contrastive_loss alone (forward); images/s = views forwarded per iteration /
+fwd+bwd+step; peak MiB = torch.cuda.max_memory_allocated over the steps (CUDA only). Every ssal flag not set here
+takes the dataset's preset. Timings of a few iterations vary by some 10% from run to run. Prints Markdown.
 
     python bench.py train
     python bench.py train --settings digits --amp bf16 --iters 50
@@ -170,7 +172,7 @@ TRAIN_SETTINGS = {
 }
 # timed and untimed (warm-up) iterations per row when --iters / --warmup are not given: ViT-S/2 at 32x32 (257
 # tokens) takes seconds per iteration on a CPU; elsewhere 50 and 2
-DEFAULT_ITERS = {("cpu", "cifar100"): 3, ("cpu", "digits"): 20}
+DEFAULT_ITERS = {("cpu", "cifar100"): 5, ("cpu", "digits"): 50}
 DEFAULT_WARMUP = {("cpu", "cifar100"): 1}
 
 
@@ -317,7 +319,7 @@ def main_train(argv=None):
     p.add_argument("--amp", default="auto", choices=("auto", "none", "bf16", "fp16"),
                    help="ssal's --amp (default auto: bf16 on a CUDA GPU that supports it, none on the CPU)")
     p.add_argument("--iters", type=int, default=None,
-                   help="timed iterations per row (default: on the CPU 3 for cifar100, 20 for digits; 50 on a GPU)")
+                   help="timed iterations per row (default: 5 on the CPU for cifar100, else 50)")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed iterations first (default: 1 on the CPU for cifar100, else 2)")
     p.add_argument("--workers", type=int, default=-1,
