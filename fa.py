@@ -31,21 +31,27 @@ class FeatureQueues:
         self.q_w = torch.zeros(num_labeled, dim, device=device)  # [N_l, d]
         self.q_s = torch.zeros(num_labeled, queue_len, dim, device=device)  # [N_l, T, d]
         self.filled = torch.zeros(num_labeled, queue_len, dtype=torch.bool, device=device)  # [N_l, T]
-        self.ptr = torch.zeros(num_labeled, dtype=torch.long, device=device)  # [N_l] next slot to write
+        self.ptr = torch.zeros(num_labeled, dtype=torch.long)  # [N_l] next slot to write; on the CPU (no GPU syncs)
 
     @torch.no_grad()
     def update(self, lb_pos, z_w, z_s):
         """Write detached features of a labeled batch. lb_pos [B] positions, z_w / z_s [B, d].
         A position that appears twice in the batch keeps the weak feature of its last occurrence and pushes
-        every strong feature, in batch order."""
+        every strong feature, in batch order. The ring bookkeeping runs on the CPU (B is the small labeled
+        batch); the features are written with one indexed copy per queue, so the device is not synchronised."""
         z_w, z_s = z_w.detach().to(self.q_w), z_s.detach().to(self.q_s)
-        for b in range(lb_pos.shape[0]):  # B is the small labeled batch; a loop keeps the ring order exact
-            i = int(lb_pos[b])
-            self.q_w[i] = z_w[b]
+        last_w, last_s = {}, {}  # row -> b, (row, slot) -> b: the last write of the batch wins, as in a loop
+        for b, i in enumerate(lb_pos.tolist()):
             t = int(self.ptr[i])
-            self.q_s[i, t] = z_s[b]
-            self.filled[i, t] = True
+            last_w[i], last_s[(i, t)] = b, b
             self.ptr[i] = (t + 1) % self.T
+        dev = self.q_w.device
+        rows, bw = (torch.tensor(v, device=dev) for v in zip(*last_w.items()))
+        self.q_w[rows] = z_w[bw]
+        (rows_s, slots), bs = zip(*last_s.keys()), list(last_s.values())
+        rows_s, slots, bs = (torch.tensor(v, device=dev) for v in (rows_s, slots, bs))
+        self.q_s[rows_s, slots] = z_s[bs]
+        self.filled[rows_s, slots] = True
 
     def state_dict(self):
         return {"q_w": self.q_w.clone(), "q_s": self.q_s.clone(), "filled": self.filled.clone(), "ptr": self.ptr.clone()}

@@ -32,3 +32,25 @@ def test_queue_unfilled_row_is_never_nearest():
     # yet row 1 must be chosen: its weak feature (0, 1) vs z_u_w (0, 1) gives loss 0
     loss = fa.similarity_loss(torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]]), q.q_w, q.q_s, q.filled)
     assert loss.item() == pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.mark.parametrize("T", [1, 2, 5])
+def test_queue_batch_update_equals_one_sample_at_a_time(T):
+    """A batch with repeated positions (more repeats than T included) leaves the queues as writing its samples one
+    after another in batch order would: the last weak feature per row, every strong feature pushed into the ring."""
+    torch.manual_seed(0)
+    N_l, d = 4, 3
+    batched, looped = fa.FeatureQueues(N_l, T, d), fa.FeatureQueues(N_l, T, d)
+    for _ in range(5):
+        pos = torch.randint(0, N_l, (9,))  # 9 draws from 4 rows: repeats in every batch
+        z_w, z_s = torch.randn(9, d), torch.randn(9, d)
+        batched.update(pos, z_w, z_s)
+        for b in range(9):  # the reference: one sample at a time, written out by hand
+            i = int(pos[b])
+            looped.q_w[i] = z_w[b]
+            t = int(looped.ptr[i])
+            looped.q_s[i, t] = z_s[b]
+            looped.filled[i, t] = True
+            looped.ptr[i] = (t + 1) % T
+    for k in ("q_w", "q_s", "filled", "ptr"):
+        assert torch.equal(getattr(batched, k), getattr(looped, k)), k
