@@ -26,7 +26,6 @@ import al_strategies as al
 import data as D
 import fa
 import ssal
-import ssl_algos
 
 
 def rss_mb(field):
@@ -181,31 +180,6 @@ def _sync(dev):
         torch.cuda.synchronize(dev)
 
 
-def _training_setup(args, data, labeled):
-    """The model, SSL algorithm, optimiser, scaler, FA queues and the two training streams, as ssal.train builds them
-    (its first lines, repeated here: ssal has no function that returns them)."""
-    dev = torch.device(args.device)
-    model = ssal.build_model(args, data.num_classes, data.size).to(dev)
-    algo = ssl_algos.build_ssl(args.ssl, data.num_classes, args.p_cutoff, args.ema_p, args.ent_loss_ratio)
-    opt, sched = ssal.build_optimizer(args, model)
-    scaler = torch.amp.GradScaler(dev.type, enabled=args.amp == "fp16")
-    queues, pos_of = None, None
-    if args.fa:
-        queues = fa.FeatureQueues(len(labeled), args.queue_len, model.num_features, device=dev)
-        pos_of = torch.full((len(data.y_tr),), -1, dtype=torch.long)
-        pos_of[torch.as_tensor(labeled)] = torch.arange(len(labeled))
-    B, Bu, V = args.batch_size, args.batch_size * args.uratio, data.views
-    lb_views = {"weak": V["weak"], "strong": V["strong"]} if args.fa else {"weak": V["weak"]}
-    lb_set = D.Views(data.x_tr, data.y_tr, labeled, lb_views, view_seed=(args.seed, 0))
-    streams = [D.loader(lb_set, B, num_samples=args.iters * B, seed=D.mix_seed(args.seed, 0), workers=args.workers)]
-    if algo.uses_unlabeled:
-        ulb_set = D.Views(data.x_tr, data.y_tr, np.arange(len(data.y_tr)), {"weak": V["weak"], "strong": V["strong"]},
-                          view_seed=(args.seed, 1))
-        streams.append(D.loader(ulb_set, Bu, num_samples=args.iters * Bu, seed=D.mix_seed(args.seed, 1),
-                                workers=args.workers))
-    return model, algo, opt, sched, scaler, queues, pos_of, streams
-
-
 def bench_train_one(args, data, warmup, iters):
     """Times one setting (args: ssal's flags). Returns a dict of seconds per iteration:
         data       drawing one iteration's batches (labeled + unlabeled) from the training streams' loaders
@@ -219,7 +193,9 @@ def bench_train_one(args, data, warmup, iters):
     MiB on CUDA over the steps (model, gradients, AdamW state and activations), else None."""
     dev = torch.device(args.device)
     labeled = D.initial_split(data.y_tr, args.budget, data.num_classes, args.seed)
-    model, algo, opt, sched, scaler, queues, pos_of, streams = _training_setup(args, data, labeled)
+    tr = ssal.setup_training(args, data, labeled)
+    model, algo, queues, pos_of = tr.model, tr.algo, tr.queues, tr.pos_of
+    streams = ssal.training_streams(args, data, labeled, algo.uses_unlabeled)
     its, batches, t_data = [iter(s) for s in streams], [], 0.0
     for k in range(warmup + iters):
         t = time.perf_counter()
@@ -228,16 +204,9 @@ def bench_train_one(args, data, warmup, iters):
             t_data += time.perf_counter() - t
     del its  # stops the workers, if any
 
-    def step(b):  # ssal.train's loop body without the logging / evaluation / checkpoint bookkeeping
-        with ssal.autocast(args):
-            loss, _ = ssal.forward_losses(args, model, algo, queues, pos_of, b, data.normalize)
-        if not torch.isfinite(loss):  # ssal.train checks every iteration (a device sync on CUDA)
+    def step(b):  # ssal.train's step, without the logging / evaluation / checkpoint bookkeeping around it
+        if ssal.train_step(args, tr, b, data.normalize)[2] is None:
             raise RuntimeError("non-finite loss")
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
 
     model.train()
     if dev.type == "cuda":

@@ -21,6 +21,7 @@ import signal
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import timm
@@ -388,6 +389,57 @@ def forward_losses(args, model, algo, queues, pos_of, batches, normalize):
     return loss, terms
 
 
+def setup_training(args, data, labeled):
+    """What a training is made of: a fresh model (the same initial weights for every call with the same seed), the
+    SSL algorithm, AdamW and its schedule, the GradScaler (a no-op unless --amp fp16), and with --fa the queues
+    Q_w / Q_s and pos_of (dataset index -> row of the queues)."""
+    dev = torch.device(args.device)
+    model = build_model(args, data.num_classes, data.size).to(dev)
+    algo = ssl_algos.build_ssl(args.ssl, data.num_classes, args.p_cutoff, args.ema_p, args.ent_loss_ratio)
+    opt, sched = build_optimizer(args, model)
+    scaler = torch.amp.GradScaler(dev.type, enabled=args.amp == "fp16")
+    queues, pos_of = None, None
+    if args.fa:
+        queues = fa.FeatureQueues(len(labeled), args.queue_len, model.num_features, device=dev)
+        pos_of = torch.full((len(data.y_tr),), -1, dtype=torch.long)
+        pos_of[torch.as_tensor(labeled)] = torch.arange(len(labeled))  # dataset index -> row of Q_w / Q_s
+    return SimpleNamespace(model=model, algo=algo, opt=opt, sched=sched, scaler=scaler, queues=queues, pos_of=pos_of)
+
+
+def training_streams(args, data, labeled, uses_unlabeled, start=0):
+    """The labeled stream (0), and the unlabeled one (1) over the whole training set, from iteration `start` on:
+    which images a draw takes, and their views, depend on (seed, stream, draw) only, so a resumed training picks
+    them up at draw start x batch."""
+    B, Bu, V = args.batch_size, args.batch_size * args.uratio, data.views
+    lb_views = {"weak": V["weak"], "strong": V["strong"]} if args.fa else {"weak": V["weak"]}
+    lb_set = D.Views(data.x_tr, data.y_tr, labeled, lb_views, view_seed=(args.seed, 0))
+    streams = [D.loader(lb_set, B, num_samples=args.iters * B, seed=D.mix_seed(args.seed, 0), workers=args.workers,
+                        start=start * B)]
+    if uses_unlabeled:
+        ulb_set = D.Views(data.x_tr, data.y_tr, np.arange(len(data.y_tr)), {"weak": V["weak"], "strong": V["strong"]},
+                          view_seed=(args.seed, 1))
+        streams.append(D.loader(ulb_set, Bu, num_samples=args.iters * Bu, seed=D.mix_seed(args.seed, 1),
+                                workers=args.workers, start=start * Bu))
+    return streams
+
+
+def train_step(args, tr, batches, normalize):
+    """One iteration on a setup_training() `tr`: forward and losses under autocast, then backward, the AdamW step
+    and the schedule's step, unless the loss is not finite (then no step is taken and lr is None). Returns the loss,
+    its detached terms and the base lr of the step."""
+    with autocast(args):
+        loss, terms = forward_losses(args, tr.model, tr.algo, tr.queues, tr.pos_of, batches, normalize)
+    if not torch.isfinite(loss):
+        return loss, terms, None
+    lr = max(g["lr"] for g in tr.opt.param_groups)  # the base lr of this step (the head's group has scale 1)
+    tr.opt.zero_grad(set_to_none=True)
+    tr.scaler.scale(loss).backward()  # the scaler is a no-op unless --amp fp16
+    tr.scaler.step(tr.opt)
+    tr.scaler.update()
+    tr.sched.step()
+    return loss, terms, lr
+
+
 def train(args, data, labeled, rnd, log=None, ck=None, resume=None):
     """Train a fresh model (same initial weights every call) on the labeled indices `labeled` with the SSL
     algorithm and, with --fa, the FA losses. The SSL unlabeled stream is the whole training set. `rnd` is the
@@ -400,15 +452,8 @@ def train(args, data, labeled, rnd, log=None, ck=None, resume=None):
     raises Stop. Returns the model, the SSL algorithm (its state), the FA queues, and a record
     {curve, acc_best, acc_last, test_acc (= acc_last), test_pred_hist (of the last evaluation), train_stats}."""
     dev = torch.device(args.device)
-    model = build_model(args, data.num_classes, data.size).to(dev)
-    algo = ssl_algos.build_ssl(args.ssl, data.num_classes, args.p_cutoff, args.ema_p, args.ent_loss_ratio)
-    opt, sched = build_optimizer(args, model)
-    scaler = torch.amp.GradScaler(dev.type, enabled=args.amp == "fp16")
-    queues, pos_of = None, None
-    if args.fa:
-        queues = fa.FeatureQueues(len(labeled), args.queue_len, model.num_features, device=dev)
-        pos_of = torch.full((len(data.y_tr),), -1, dtype=torch.long)
-        pos_of[torch.as_tensor(labeled)] = torch.arange(len(labeled))  # dataset index -> row of Q_w / Q_s
+    tr = setup_training(args, data, labeled)
+    model, algo, opt, sched, scaler, queues = tr.model, tr.algo, tr.opt, tr.sched, tr.scaler, tr.queues
     # what a checkpoint holds besides the modules: iterations done, the curve, sums of the log window, time spent
     S = dict(n=0, curve=[], hist=None, win={}, n_win=0, mask_sum=torch.zeros((), device=dev), time=0.0)
     if resume:
@@ -422,20 +467,7 @@ def train(args, data, labeled, rnd, log=None, ck=None, resume=None):
         S.update(resume["loop"])
         set_rng_states(resume["rng"])
     start = S["n"]
-
-    B, Bu = args.batch_size, args.batch_size * args.uratio
-    V = data.views
-    lb_views = {"weak": V["weak"], "strong": V["strong"]} if args.fa else {"weak": V["weak"]}
-    # two streams, labeled (0) and unlabeled (1): which images, and their views, depend on (seed, stream, draw) only,
-    # so a resumed training picks them up at draw start x batch
-    lb_set = D.Views(data.x_tr, data.y_tr, labeled, lb_views, view_seed=(args.seed, 0))
-    streams = [D.loader(lb_set, B, num_samples=args.iters * B, seed=D.mix_seed(args.seed, 0), workers=args.workers,
-                        start=start * B)]
-    if algo.uses_unlabeled:
-        ulb_set = D.Views(data.x_tr, data.y_tr, np.arange(len(data.y_tr)), {"weak": V["weak"], "strong": V["strong"]},
-                          view_seed=(args.seed, 1))
-        streams.append(D.loader(ulb_set, Bu, num_samples=args.iters * Bu, seed=D.mix_seed(args.seed, 1),
-                                workers=args.workers, start=start * Bu))
+    streams = training_streams(args, data, labeled, algo.uses_unlabeled, start)
 
     def state():  # everything needed to continue exactly from here
         return {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
@@ -450,23 +482,15 @@ def train(args, data, labeled, rnd, log=None, ck=None, resume=None):
     t_run = t_win = time.time()
     n_timed, t_eval = 0, 0.0  # iterations timed in this window by this process, and evaluation time to leave out
     for it, batches in enumerate(bar, start=start):
-        with autocast(args):
-            loss, terms = forward_losses(args, model, algo, queues, pos_of, batches, data.normalize)
+        loss, terms, lr = train_step(args, tr, batches, data.normalize)
         if "mask" in terms:
             S["mask_sum"] += terms["mask"]
-        if not torch.isfinite(loss):  # diverged: stop before the step; the last checkpoint stays
+        if lr is None:  # diverged: no step was taken; the last checkpoint stays
             bar.close()
             kept = f"; the last checkpoint stays in {ck.path}" if ck and os.path.isfile(ck.path) else ""
             raise Stop(f"training diverged: non-finite loss at {training_name(rnd, args)}, iteration {it + 1} ("
                        + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items()) + "): lower --lr and start "
                        f"over with --no-resume{kept}", code=3)
-        lr = max(g["lr"] for g in opt.param_groups)  # the base lr of this step (the head's group has scale 1)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()  # the scaler is a no-op unless --amp fp16
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
-
         n = S["n"] = it + 1  # iterations done
         for k, v in terms.items():  # summed as tensors: no device sync per iteration
             S["win"][k] = S["win"].get(k, 0.0) + v
