@@ -449,35 +449,8 @@ def test_missing_datasets_are_clear_errors(tmp_path):
         D.Data("mnist", str(tmp_path))
 
 
-def test_tinyimagenet_folder_layout(tmp_path):
-    """A miniature tiny-imagenet-200 in the standard layout loads with the right labels (and is cached)."""
-    from PIL import Image
-    root = tmp_path / "tiny-imagenet-200"
-    wnids = ["n01", "n02"]
-    (root).mkdir()
-    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
-    for c, w in enumerate(wnids):
-        d = root / "train" / w / "images"
-        d.mkdir(parents=True)
-        for k in range(3):
-            Image.fromarray(np.full((64, 64, 3), 40 * c + k, np.uint8)).save(d / f"{w}_{k}.JPEG", quality=100)
-    (root / "val" / "images").mkdir(parents=True)
-    lines = []
-    for k, w in enumerate(["n02", "n01"]):
-        Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(root / "val" / "images" / f"val_{k}.JPEG")
-        lines.append(f"val_{k}.JPEG\t{w}\t0\t0\t63\t63")
-    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
-    ds = D.Data("tinyimagenet", str(tmp_path))
-    assert ds.x_tr.shape == (6, 64, 64, 3) and ds.y_tr.tolist() == [0, 0, 0, 1, 1, 1]
-    assert ds.y_te.tolist() == [1, 0]
-    assert abs(int(ds.x_tr[4, 0, 0, 0]) - 41) <= 2  # class 1, image 1 (JPEG may shift a value by 1)
-    assert (root / "arrays.npz").is_file()
-    again = D.Data("tinyimagenet", str(tmp_path))  # from the cache
-    assert np.array_equal(again.x_tr, ds.x_tr)
-
-
 def make_tiny_imagenet(tmp_path):
-    """The miniature tiny-imagenet-200 of test_tinyimagenet_folder_layout: 2 classes x 3 train images, 2 val."""
+    """A miniature tiny-imagenet-200 in the standard layout: 2 classes x 3 train images, 2 val images."""
     from PIL import Image
     root = tmp_path / "tiny-imagenet-200"
     wnids = ["n01", "n02"]
@@ -495,6 +468,18 @@ def make_tiny_imagenet(tmp_path):
         lines.append(f"val_{k}.JPEG\t{w}\t0\t0\t63\t63")
     (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+def test_tinyimagenet_folder_layout(tmp_path):
+    """A miniature tiny-imagenet-200 in the standard layout loads with the right labels (and is cached)."""
+    root = make_tiny_imagenet(tmp_path)
+    ds = D.Data("tinyimagenet", str(tmp_path))
+    assert ds.x_tr.shape == (6, 64, 64, 3) and ds.y_tr.tolist() == [0, 0, 0, 1, 1, 1]
+    assert ds.y_te.tolist() == [1, 0]
+    assert abs(int(ds.x_tr[4, 0, 0, 0]) - 41) <= 2  # class 1, image 1 (JPEG may shift a value by 1)
+    assert (root / "arrays.npz").is_file()
+    again = D.Data("tinyimagenet", str(tmp_path))  # from the cache
+    assert np.array_equal(again.x_tr, ds.x_tr)
 
 
 def _bad_caches():
