@@ -162,7 +162,7 @@ else
   done
   for i in "${!G[@]}"; do
     env=$(pin "${G[$i]}")
-    ( while IFS= read -r cmd; do echo "+ [$env] $cmd"; eval "$env $cmd"; done < "$OUT/.worker$i" ) &
+    ( while IFS= read -r cmd; do echo "+ [$env] $cmd"; eval "$env $cmd" < /dev/null; done < "$OUT/.worker$i" ) &  # a run must not read the list
   done
   wait
 fi

@@ -143,7 +143,7 @@ def test_digits_grid_end_to_end_and_report(tmp_path):
     env = dict(PRESET="digits", DATASETS="digits:10", SEEDS="0", SELECTORS="random coreset", ITERS="2", JOBS="2",
                EXTRA="--batch-size 4 --uratio 1")
     out = grid("table1", tmp_path, **env)
-    assert out.count("+ [OMP_NUM_THREADS=") == 8  # every run went through a CPU job
+    assert out.count("+ [OMP_NUM_THREADS=") == 8, out  # every run went through a CPU job
     runs = tmp_path / "runs"
     res = [json.load(open(runs / f)) for f in os.listdir(runs) if f.endswith(".json")]
     assert len(res) == 8  # two CPU jobs (JOBS=2), each taking whole settings
