@@ -468,6 +468,7 @@ def train(args, data, labeled, rnd, log=None, ck=None, resume=None):
         set_rng_states(resume["rng"])
     start = S["n"]
     streams = training_streams(args, data, labeled, algo.uses_unlabeled, start)
+    x_te = test_images(data, args)
 
     def state():  # everything needed to continue exactly from here
         return {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
@@ -498,7 +499,7 @@ def train(args, data, labeled, rnd, log=None, ck=None, resume=None):
         n_timed += 1
         if n % args.eval_every == 0 or n == args.iters:
             t0 = time.time()
-            acc, S["hist"] = test_accuracy(model, data, args)
+            acc, S["hist"] = test_accuracy(model, x_te, data, args)
             model.train()
             t_eval += time.time() - t0
             S["curve"].append({"iter": n, "acc": acc})
@@ -560,9 +561,14 @@ def run_model(model, x, data, args):
     return torch.cat(zs), torch.cat(ls)
 
 
-def test_accuracy(model, data, args):
-    """Top-1 accuracy on the test set, and the histogram of predicted classes (a collapse shows there)."""
-    x = view_tensor(D.Views(data.x_te, data.y_te, np.arange(len(data.y_te)), {"plain": data.views["plain"]}), args)
+def test_images(data, args):
+    """The test set's plain views, uint8 [N_te, 3, H, W]: computed once per training, read at every evaluation."""
+    return view_tensor(D.Views(data.x_te, data.y_te, np.arange(len(data.y_te)), {"plain": data.views["plain"]}), args)
+
+
+def test_accuracy(model, x, data, args):
+    """Top-1 accuracy on the test images x (test_images), and the histogram of predicted classes (a collapse
+    shows there)."""
     _, logits = run_model(model, x, data, args)
     pred = logits.argmax(1).cpu()
     acc = (pred == torch.as_tensor(data.y_te)).sum().item() / len(data.y_te)

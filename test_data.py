@@ -78,7 +78,7 @@ def test_digits_weak_view_never_flips(digits):
 # ----------------------------------------------------------------------------------------------------------------
 # USB's views: RandAugment ops and ranges, Cutout, seeding, the weak crop
 
-# USB's augment_list() as written down in /work/shared/usb-protocol.md, typed here independently of data.py
+# USB's augment_list() (semilearn's randaugment.py), typed here independently of data.py
 USB_RANGES = {"AutoContrast": (0, 1), "Brightness": (0.05, 0.95), "Color": (0.05, 0.95), "Contrast": (0.05, 0.95),
               "Equalize": (0, 1), "Identity": (0, 1), "Posterize": (4, 8), "Rotate": (-30, 30),
               "Sharpness": (0.05, 0.95), "ShearX": (-0.3, 0.3), "ShearY": (-0.3, 0.3), "Solarize": (0, 256),
