@@ -315,7 +315,6 @@ class RunLog:
             self.f = open(path, "r+")
             self.f.truncate(offset)
             self.f.seek(offset)
-        self.path = path
 
     def write(self, **rec):
         self.f.write(json.dumps(rec) + "\n")
@@ -641,6 +640,10 @@ def training_name(rnd, args):
     return "the final training" if rnd == args.rounds else f"round {rnd}"
 
 
+def checkpoint_path(args):
+    return os.path.join(args.out, "ckpt", f"{args.name}.pt")
+
+
 class Checkpointer:
     """<out>/ckpt/<name>.pt, written atomically: the run so far (the result records of the finished rounds, the
     labeled set, the training's index `rnd`, where the log ends) and `train`: the state of the training under way
@@ -648,7 +651,7 @@ class Checkpointer:
     when training `rnd` has not started. Deleted once the result file is written."""
 
     def __init__(self, args, res, labeled, log):
-        self.path = os.path.join(args.out, "ckpt", f"{args.name}.pt")
+        self.path = checkpoint_path(args)
         self.args, self.res, self.labeled, self.log = args, res, labeled, log
 
     def save(self, rnd, train=None):
@@ -751,8 +754,7 @@ def main(argv=None):
         print(f"{path} exists: skipped")
         return json.load(open(path))
     check_run(args)  # device, output folder, model and weights: before any data is loaded
-    ckpt_path = os.path.join(args.out, "ckpt", f"{args.name}.pt")
-    saved = load_checkpoint(ckpt_path, args) if args.resume else None
+    saved = load_checkpoint(checkpoint_path(args), args) if args.resume else None
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     data = D.Data(args.dataset, args.data_dir, args.download)
