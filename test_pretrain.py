@@ -1,0 +1,125 @@
+"""pretrain.py: the NT-Xent loss, the digits look of the renderings, the 1-NN measure, the weights it writes, and
+how ssal.py starts from them (preset) or not (--scratch)."""
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import data as D
+import pretrain as P
+import ssal
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def test_nt_xent_matches_a_loop():
+    g = torch.Generator().manual_seed(0)
+    z1, z2, temp = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g), 0.3
+    z = [v / v.norm() for v in torch.cat([z1, z2])]
+    total = 0.0
+    for i in range(10):
+        j = (i + 5) % 10  # the other view of the same image
+        num = math.exp(float(z[i] @ z[j]) / temp)
+        den = sum(math.exp(float(z[i] @ z[k]) / temp) for k in range(10) if k != i)
+        total += -math.log(num / den)
+    assert P.nt_xent(z1, z2, temp).item() == pytest.approx(total / 10, rel=1e-5)
+
+
+def test_to_digits_is_the_optdigits_preprocessing():
+    """A 32x32 bitmap whose 4x4 blocks hold v on-pixels must become exactly data.load_digits_arrays' image of the
+    8x8 digit with values v (the UCI optdigits counts)."""
+    from sklearn.datasets import load_digits
+    x_tr, _, _, _ = D.load_digits_arrays()
+    imgs = load_digits().images[:40].astype(int)  # [40, 8, 8], 0..16
+    bitmap = torch.zeros(40, 1, 32, 32)
+    for n in range(40):
+        for r in range(8):
+            for c in range(8):
+                block = torch.zeros(16)
+                block[:imgs[n, r, c]] = 1  # v pixels on, anywhere in the block
+                bitmap[n, 0, 4 * r:4 * r + 4, 4 * c:4 * c + 4] = block[torch.randperm(16)].view(4, 4)
+    from sklearn.model_selection import train_test_split  # where the first 40 images sit in the training split
+    y = load_digits().target
+    tr, _ = train_test_split(np.arange(len(y)), test_size=500, stratify=y, random_state=0)
+    pos = {i: k for k, i in enumerate(np.sort(tr))}
+    for n in range(40):
+        if n in pos:
+            expect = torch.from_numpy(x_tr[pos[n]]).permute(2, 0, 1)  # [3, 32, 32]
+            assert torch.equal(P.to_digits(bitmap[n:n + 1])[0], expect)
+
+
+def test_warp_without_deformation_is_the_identity():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 1, 32, 32, generator=g)
+    y = P.warp(x, g, rot=0, shear=0, scale=(1, 1), squeeze=(1, 1), shift=0, elastic=0, thick=0)
+    assert torch.allclose(y, x, atol=1e-5)
+    y = P.warp(x, g, rot=0, shear=0, scale=(1, 1), squeeze=(1, 1), shift=0, elastic=0, thick=2.0)  # all eroded
+    assert torch.allclose(y, -torch.nn.functional.max_pool2d(-x, 3, 1, 1), atol=1e-5)
+
+
+def test_charset_has_no_digit():
+    chars = P.charset()
+    assert len(chars) > 300 and not any(ch.isdigit() for ch in chars)
+    assert set("ABCxyz") <= set(chars)
+
+
+def test_one_nn_against_a_brute_force_search():
+    data = D.Data("digits")
+    model = ssal.build_model(ssal.get_args(["--scratch"]), 10, data.size)
+    mu, sd, accs = P.one_nn(model, data, seeds=(0, 3))
+    with torch.no_grad():
+        model.eval()
+        f = lambda x: ssal.features_and_logits(model, data.normalize(torch.from_numpy(x).permute(0, 3, 1, 2)))[0]
+        f_te = f(data.x_te).numpy()
+        for seed, acc in zip((0, 3), accs):
+            lab = D.initial_split(data.y_tr, 10, 10, seed)
+            f_l = f(data.x_tr[lab]).numpy()
+            hits = 0
+            for i in range(len(f_te)):
+                cos = [f_te[i] @ f_l[k] / np.linalg.norm(f_te[i]) / np.linalg.norm(f_l[k]) for k in range(10)]
+                hits += data.y_tr[lab][int(np.argmax(cos))] == data.y_te[i]
+            assert acc == pytest.approx(100 * hits / len(f_te))
+    assert mu == pytest.approx(np.mean(accs)) and sd == pytest.approx(np.std(accs, ddof=1))
+
+
+def test_pretrain_writes_weights_that_ssal_loads(tmp_path):
+    out = tmp_path / "w.pt"
+    r = subprocess.run([sys.executable, "pretrain.py", "--chars-iters", "2", "--simclr-iters", "2", "--batch", "16",
+                        "--device", "cpu", "--out", str(out)], cwd=HERE, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "1-NN test accuracy" in r.stdout and (tmp_path / "w.json").is_file()
+    state = torch.load(out)
+    assert not any(k.startswith("head") for k in state)
+    model = ssal.build_model(ssal.get_args(["--weights", str(out)]), 10, 32)
+    own = model.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in state.items())
+
+
+def test_digits_preset_starts_from_the_committed_weights():
+    args = ssal.get_args([])
+    assert args.weights == ssal.DIGITS_WEIGHTS and os.path.isfile(os.path.join(HERE, args.weights))
+    state = torch.load(os.path.join(HERE, args.weights))
+    pre = ssal.build_model(args, 10, 32).state_dict()
+    scratch_args = ssal.get_args(["--scratch"])
+    scratch = ssal.build_model(scratch_args, 10, 32).state_dict()
+    assert all(torch.equal(pre[k], v) for k, v in state.items())
+    assert not torch.equal(scratch["blocks.0.attn.qkv.weight"], state["blocks.0.attn.qkv.weight"])
+    assert torch.equal(pre["head.weight"], scratch["head.weight"])  # the same seeded fresh head either way
+    assert scratch_args.weights is None and "-scratch-" in scratch_args.name and "-scratch-" not in args.name
+    assert ssal.get_args(["--dataset", "cifar100"]).weights is None
+
+
+def test_scratch_conflicts_and_round0_key_follows_the_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        ssal.get_args(["--scratch", "--weights", "x.pt"])
+    assert e.value.code == 2 and "--scratch" in capsys.readouterr().err
+    w = tmp_path / "w.pt"
+    torch.save({"a": torch.zeros(1)}, w)
+    args = ssal.get_args(["--weights", str(w), "--out", str(tmp_path)])
+    k1 = ssal.round0_path(args)
+    torch.save({"a": torch.ones(1)}, w)  # regenerated weights: the cached round 0 must not be reused
+    assert ssal.round0_path(args) != k1
