@@ -155,6 +155,39 @@ def table2(cells, setting, fa_variant, ls_variant, marked=frozenset()):
     return "\n".join(lines)
 
 
+def round0_drops(folder, metric="best", tol=1.0):
+    """Does the final training (round-0 labels + the selection) end above round 0? Per row (dataset, budget, ssl,
+    variant), over every selector and seed: runs, runs whose final accuracy is more than `tol` points below their own
+    round 0 (the same metric for both trainings), the largest such drop, and the largest seed std of the row's
+    cells. Returns {row: (n, n_below, worst_drop, max_std)}; runs without a round-0 record are skipped."""
+    key = "acc_best" if metric == "best" else "acc_last"
+    diffs, accs = defaultdict(list), defaultdict(list)
+    for f in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        r = json.load(open(f))
+        c = r.get("config", {})
+        if "final_acc" not in r or c.get("rounds") != 1 or not r.get("rounds") or key not in r["rounds"][0]:
+            continue
+        variant = f"fa_s{c['lambda_s']:g}_c{c['lambda_c']:g}_T{c['queue_len']}" if c["fa"] else "none"
+        row = (c["dataset"], c["budget"], c["ssl"], variant)
+        diffs[row].append(100 * (r["final"][key] - r["rounds"][0][key]))
+        accs[(*row, c["al"])].append(100 * r["final"][key])
+    out = {}
+    for row, d in diffs.items():
+        below = [x for x in d if x < -tol]
+        stds = [np.std(v, ddof=1) for k, v in accs.items() if k[:4] == row and len(v) > 1]
+        out[row] = (len(d), len(below), min(below) if below else None, max(stds) if stds else None)
+    return out
+
+
+def round0_table(drops, tol=1.0):
+    lines = ["| Setting | SSL | FA | runs | final more than 1 point below round 0 | largest drop | largest cell std |",
+             "|---|---|---|---|---|---|---|"]
+    for (ds, b, ssl, var), (n, k, worst, sd) in sorted(drops.items()):
+        lines.append(f"| {ds} #{b} | {ssl} | {'-' if var == 'none' else var} | {n} | {k} | "
+                     f"{'-' if worst is None else f'{worst:.1f}'} | {'-' if sd is None else f'{sd:.2f}'} |")
+    return "\n".join(lines)
+
+
 def sign_test(d):
     """One-sided sign test of paired differences d: P(at least as many positive signs | no effect), ties dropped."""
     d = np.asarray(d)
@@ -462,6 +495,12 @@ def main(argv=None):
            "labeled set) and a one-sided sign test on them (p: the chance of at least that many wins if the two rows "
            "were equal). 'holds' with a large p is agreement that seed noise alone could produce.", "",
            with_note(claims(seeded, settings, fa_v, ls_v, args.lambda_s, args.lambda_c, marked))]
+    drops = round0_drops(args.runs, args.metric)
+    if drops:
+        md += ["", "## Final training against round 0", "", "Each run trains twice from the same start: round 0 on the "
+               "initial labels, the final training on those plus the selected ones. More labels should not end lower; "
+               f"counted here ({args.metric} accuracy of both trainings), with the largest seed std of the row's cells.",
+               "", round0_table(drops)]
     if args.fig3:
         fig3(*args.fig3, os.path.join(args.out, "fig3.png"))
         md += ["", "Fig. 3: fig3.png"]

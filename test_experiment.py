@@ -372,3 +372,23 @@ def test_bench_train_smoke():
     assert extra == pytest.approx(float(fa["fwd+bwd+step s/it"]) - float(no["fwd+bwd+step s/it"]), rel=1e-2, abs=1e-3)
     assert float(fa["FA extra %"]) == pytest.approx(100 * extra / float(no["fwd+bwd+step s/it"]), abs=0.2)
     assert float(fa["FA losses s/it"]) > 0
+
+
+def test_round0_drops_counts_runs_that_end_below_their_round_0(tmp_path):
+    def run(name, ssl, al, seed, r0, fin):  # (best, last) of round 0 and of the final training
+        cfg = dict(dataset="digits", budget=10, ssl=ssl, fa=False, lambda_s=1.0, lambda_c=0.01, queue_len=10, al=al,
+                   rounds=1, seed=seed)
+        json.dump({"config": cfg, "final_acc": fin[1], "final_best_acc": fin[0],
+                   "rounds": [{"acc_best": r0[0], "acc_last": r0[1]}],
+                   "final": {"acc_best": fin[0], "acc_last": fin[1]}}, open(tmp_path / f"{name}.json", "w"))
+    run("a", "fixmatch", "coreset", 0, (0.90, 0.88), (0.92, 0.86))  # last: -2.0 (below), best: +2.0
+    run("b", "fixmatch", "coreset", 1, (0.90, 0.90), (0.885, 0.895))  # best -1.5 (below), last -0.5 (within 1)
+    run("c", "fixmatch", "noise", 0, (0.80, 0.80), (0.70, 0.75))  # both below: -10 best, -5 last
+    run("d", "freematch", "noise", 0, (0.80, 0.80), (0.81, 0.81))
+    row = ("digits", 10, "fixmatch", "none")
+    best, last = report.round0_drops(str(tmp_path), "best"), report.round0_drops(str(tmp_path), "last")
+    assert best[row][:3] == (3, 2, pytest.approx(-10.0)) and last[row][:3] == (3, 2, pytest.approx(-5.0))
+    assert best[row][3] == pytest.approx(np.std([92.0, 88.5], ddof=1))  # coreset's two seeds; noise has one
+    assert best[("digits", 10, "freematch", "none")] == (1, 0, None, None)
+    md = report.round0_table(best)
+    assert "| digits #10 | fixmatch | - | 3 | 2 | -10.0 |" in md
