@@ -175,8 +175,8 @@ def test_curve_and_log_in_the_results(tmp_path):
     for x in train:
         assert {"lr", "L_u", "fairness", "L_s", "L_c", "mask", "tau", "tau_min", "sec_per_iter"} <= set(x)
         assert 0 <= x["mask"] <= 1 and x["lr"] > 0
-    # lr at iteration 15: the warm-up's (it + 1) / warmup of iteration index 14, times the preset's 1e-3
-    assert train[0]["lr"] == pytest.approx(1e-3 * 15 / 75)
+    # lr at iteration 15: the warm-up's (it + 1) / warmup of iteration index 14, times the preset's 5e-4
+    assert train[0]["lr"] == pytest.approx(5e-4 * 15 / 25)
 
 
 def test_layer_decay_reaches_the_optimizer():
@@ -185,10 +185,10 @@ def test_layer_decay_reaches_the_optimizer():
     opt, _ = ssal.build_optimizer(args, model)
     lr_of = {id(p): g["initial_lr"] for g in opt.param_groups for p in g["params"]}  # before the schedule
     depth = len(model.blocks)  # timm's groups: embeddings 0, blocks 1..depth, final norm + head depth + 1
-    assert lr_of[id(model.head.weight)] == pytest.approx(1e-3)
-    assert lr_of[id(model.blocks[-1].mlp.fc1.weight)] == pytest.approx(1e-3 * 0.5)
-    assert lr_of[id(model.blocks[0].mlp.fc1.weight)] == pytest.approx(1e-3 * 0.5 ** depth)
-    assert lr_of[id(model.patch_embed.proj.weight)] == pytest.approx(1e-3 * 0.5 ** (depth + 1))
+    assert lr_of[id(model.head.weight)] == pytest.approx(5e-4)
+    assert lr_of[id(model.blocks[-1].mlp.fc1.weight)] == pytest.approx(5e-4 * 0.5)
+    assert lr_of[id(model.blocks[0].mlp.fc1.weight)] == pytest.approx(5e-4 * 0.5 ** depth)
+    assert lr_of[id(model.patch_embed.proj.weight)] == pytest.approx(5e-4 * 0.5 ** (depth + 1))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -310,7 +310,7 @@ def test_resume_refuses_other_flags_and_no_resume_starts_over(tmp_path):
     p.kill()
     p.communicate()
     r = run([*TINY, "--iters", "400", "--lr", "0.002"], tmp_path, check=False)
-    assert r.returncode == 2 and "was written with other flags (--lr 0.001 -> 0.002)" in r.stderr
+    assert r.returncode == 2 and "was written with other flags (--lr 0.0005 -> 0.002)" in r.stderr
     r = run([*TINY, "--no-resume"], tmp_path)
     assert "resuming" not in r.stdout
 
@@ -396,11 +396,12 @@ def test_weights_sharing_no_tensor_are_refused(tmp_path):
     torch.save({"model": {"foo.weight": torch.zeros(3, 3), "bar.bias": torch.zeros(3)}}, path)
     p = run([*TINY, "--weights", str(path)], tmp_path, check=False)
     assert p.returncode == 2 and "shares no tensor with --model" in p.stderr
-    args = ssal.get_args([])
+    args = ssal.get_args(["--scratch"])  # random starts: the preset's weights would make both models equal anyway
     model = ssal.build_model(args, 10, 32)
     good = tmp_path / "good.pth"
     torch.save({"state_dict": model.state_dict()}, good)
-    other = ssal.build_model(ssal.get_args(["--seed", "1"]), 10, 32)
+    other = ssal.build_model(ssal.get_args(["--scratch", "--seed", "1"]), 10, 32)
+    assert not torch.equal(other.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
     ssal.load_weights(other, str(good))
     assert torch.equal(other.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
 
