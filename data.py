@@ -32,15 +32,20 @@ class DataError(Exception):
 # ----------------------------------------------------------------------------------------------------------------
 # loading
 
+def digits_to_rgb(x8, size=32):
+    """8x8 grey digit maps [N, 1, 8, 8] in [0, 1] -> upsampled (bilinear) to size x size, uint8 [N, 3, s, s]."""
+    x = torch.nn.functional.interpolate(x8, size=(size, size), mode="bilinear", align_corners=False)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1)
+
+
 def load_digits_arrays(size=32):
     """scikit-learn's digits: 8x8 grey images with values 0..16, upsampled (bilinear) to size x size RGB uint8.
     A fixed stratified split of 1,297 train / 500 test images that does not move with --seed."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
     d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0  # [N, 1, 8, 8] in [0, 1]
-    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    x = (x.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1).permute(0, 2, 3, 1).numpy()  # [N, s, s, 3]
+    x8 = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0  # [N, 1, 8, 8] in [0, 1]
+    x = digits_to_rgb(x8, size).permute(0, 2, 3, 1).numpy()  # [N, s, s, 3]
     y = d.target.astype(np.int64)
     tr, te = train_test_split(np.arange(len(y)), test_size=500, stratify=y, random_state=0)
     tr, te = np.sort(tr), np.sort(te)

@@ -26,6 +26,7 @@ import os
 import string
 import time
 import unicodedata
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -48,9 +49,7 @@ def to_digits(x):
     """Grey maps [B, 1, 32, 32] in [0, 1] -> what the digits dataset makes of a 32x32 bitmap: the mean of each 4x4
     block in 17 levels (the optdigits count of on-pixels, 0..16), then data.load_digits_arrays' bilinear
     upsampling to 32x32; uint8 [B, 3, 32, 32]."""
-    x8 = F.avg_pool2d(x.clamp(0, 1), 4).mul(16).round() / 16  # [B, 1, 8, 8]
-    x = F.interpolate(x8, size=(32, 32), mode="bilinear", align_corners=False)
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1)
+    return D.digits_to_rgb(F.avg_pool2d(x.clamp(0, 1), 4).mul(16).round() / 16)  # via [B, 1, 8, 8]
 
 
 def warp(x, g, rot=15.0, shear=0.3, scale=(0.85, 1.0), squeeze=(0.55, 1.0), shift=0.06, elastic=0.06, thick=0.4):
@@ -135,14 +134,14 @@ def glyph_templates(chars, strokes=(0, 1, 2)):
     xs, ys = [], []
     for f in font_files():
         font = ImageFont.truetype(f, 48)
-        g0 = [glyph(font, ch) for ch in LETTERS]
-        if any(a is None for a in g0) or len({a.tobytes() for a in g0}) < 45:
+        letters = {ch: glyph(font, ch) for ch in LETTERS}
+        if any(a is None for a in letters.values()) or len({a.tobytes() for a in letters.values()}) < 45:
             continue
         notdef = glyph(font, "\U0010FFFD")
         for k, ch in enumerate(chars):
             if os.path.basename(f).startswith("cm") and ch not in LETTERS:
                 continue
-            a = glyph(font, ch)
+            a = letters[ch] if ch in letters else glyph(font, ch)
             if a is None or (notdef is not None and np.array_equal(a, notdef)):
                 continue
             for st in strokes:
@@ -188,10 +187,9 @@ def one_nn(model, data, seeds=range(5)):
     """1-NN test accuracy (%) with cosine similarity on pre-logits features, the labeled set being ssal.py's seeded
     initial split with one image per class; mean and sample std over `seeds`, and the per-seed accuracies."""
     was = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    feat = lambda x: F.normalize(ssal.features_and_logits(  # noqa: E731
-        model, data.normalize(torch.from_numpy(x).permute(0, 3, 1, 2).to(dev)))[0].float(), dim=1)
+    run = SimpleNamespace(device=str(next(model.parameters()).device), amp="none")  # what ssal.run_model reads
+    feat = lambda x: F.normalize(ssal.run_model(  # noqa: E731
+        model, torch.from_numpy(x).permute(0, 3, 1, 2), data, run)[0], dim=1)
     f_te = feat(data.x_te)  # [N_te, d]
     accs = []
     for seed in seeds:

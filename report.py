@@ -62,6 +62,18 @@ MARK = "†"
 NOTE = f"{MARK} some runs of this cell have no curve (written before periodic evaluation): last accuracy used."
 
 
+def one_round_results(folder):
+    """(result, key) for every ssal.py result file of the paper's protocol (one query round) in folder, in name order;
+    key = (dataset, budget, ssl, variant, al), variant = 'none' or 'fa_s<lambda_s>_c<lambda_c>_T<T>'."""
+    for f in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        r = json.load(open(f))
+        c = r.get("config", {})
+        if "final_acc" not in r or c.get("rounds") != 1:
+            continue
+        variant = f"fa_s{c['lambda_s']:g}_c{c['lambda_c']:g}_T{c['queue_len']}" if c["fa"] else "none"
+        yield r, (c["dataset"], c["budget"], c["ssl"], variant, c["al"])
+
+
 def load_runs(folder, by_seed=False, metric="best"):
     """Returns (cells, fell_back). cells: {(dataset, budget, ssl, variant, al): [final accuracy % per seed, in seed
     order]}; variant = 'none' or 'fa_s<lambda_s>_c<lambda_c>_T<T>'. With by_seed, each value is {seed: accuracy %}
@@ -72,13 +84,8 @@ def load_runs(folder, by_seed=False, metric="best"):
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}, not {metric!r}")
     cells, fell_back = defaultdict(dict), set()
-    for f in sorted(glob.glob(os.path.join(folder, "*.json"))):
-        r = json.load(open(f))
-        c = r.get("config", {})
-        if "final_acc" not in r or c.get("rounds") != 1:
-            continue
-        variant = f"fa_s{c['lambda_s']:g}_c{c['lambda_c']:g}_T{c['queue_len']}" if c["fa"] else "none"
-        key = (c["dataset"], c["budget"], c["ssl"], variant, c["al"])
+    for r, key in one_round_results(folder):
+        c = r["config"]
         acc = r.get("final_best_acc") if metric == "best" else r["final_acc"]
         if acc is None:  # written before periodic evaluation: only the last accuracy exists
             acc = r["final_acc"]
@@ -162,15 +169,11 @@ def round0_drops(folder, metric="best", tol=1.0):
     cells. Returns {row: (n, n_below, worst_drop, max_std)}; runs without a round-0 record are skipped."""
     key = "acc_best" if metric == "best" else "acc_last"
     diffs, accs = defaultdict(list), defaultdict(list)
-    for f in sorted(glob.glob(os.path.join(folder, "*.json"))):
-        r = json.load(open(f))
-        c = r.get("config", {})
-        if "final_acc" not in r or c.get("rounds") != 1 or not r.get("rounds") or key not in r["rounds"][0]:
+    for r, cell in one_round_results(folder):
+        if not r.get("rounds") or key not in r["rounds"][0]:
             continue
-        variant = f"fa_s{c['lambda_s']:g}_c{c['lambda_c']:g}_T{c['queue_len']}" if c["fa"] else "none"
-        row = (c["dataset"], c["budget"], c["ssl"], variant)
-        diffs[row].append(100 * (r["final"][key] - r["rounds"][0][key]))
-        accs[(*row, c["al"])].append(100 * r["final"][key])
+        diffs[cell[:4]].append(100 * (r["final"][key] - r["rounds"][0][key]))
+        accs[cell].append(100 * r["final"][key])
     out = {}
     for row, d in diffs.items():
         below = [x for x in d if x < -tol]
@@ -179,7 +182,7 @@ def round0_drops(folder, metric="best", tol=1.0):
     return out
 
 
-def round0_table(drops, tol=1.0):
+def round0_table(drops):
     lines = ["| Setting | SSL | FA | runs | final more than 1 point below round 0 | largest drop | largest cell std |",
              "|---|---|---|---|---|---|---|"]
     for (ds, b, ssl, var), (n, k, worst, sd) in sorted(drops.items()):

@@ -153,13 +153,12 @@ def get_args(argv=None):
     args = p.parse_args(argv)
     if args.scratch and (args.weights is not None or args.pretrained):
         p.error("--scratch starts from a random initialisation: drop --weights / --pretrained")
-    if args.scratch or args.pretrained:  # the preset's weights give way to either
-        args.weights = args.weights or ""
     preset = {**PRESETS[args.dataset], **(SCRATCH_PRESETS.get(args.dataset, {}) if args.scratch else {})}
+    if args.pretrained:  # timm's weights replace the preset's
+        preset["weights"] = None
     for k, v in preset.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    args.weights = args.weights or None
     if args.ckpt_every is None:
         args.ckpt_every = args.eval_every
     check_flags(p, args)
