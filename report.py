@@ -191,6 +191,45 @@ def round0_table(drops):
     return "\n".join(lines)
 
 
+def against(new, old, metric="best"):
+    """The same runs in two results folders (two presets, say), paired by seed. Per row (dataset, budget, ssl,
+    variant): round 0 (one training per seed: the row's selectors share it, and a seed has the same initial labels
+    in both folders) and the final training (one per selector and seed). Returns {row: {"round 0": (new, old),
+    "final": (new, old)}}, each a pair of equal-length lists of accuracies % over the common runs."""
+    key = "acc_best" if metric == "best" else "acc_last"
+
+    def read(folder):
+        r0, fin = {}, {}
+        for r, cell in one_round_results(folder):
+            seed = r["config"]["seed"]
+            if r.get("rounds") and key in r["rounds"][0]:
+                r0[(cell[:4], seed)] = 100 * r["rounds"][0][key]
+            if key in r.get("final", {}):
+                fin[(cell, seed)] = 100 * r["final"][key]
+        return r0, fin
+    (r0_n, fin_n), (r0_o, fin_o) = read(new), read(old)
+    out = defaultdict(lambda: {"round 0": ([], []), "final": ([], [])})
+    for part, a, b in (("round 0", r0_n, r0_o), ("final", fin_n, fin_o)):
+        for k in sorted(set(a) & set(b), key=str):
+            row = k[0] if part == "round 0" else k[0][:4]
+            out[row][part][0].append(a[k])
+            out[row][part][1].append(b[k])
+    return dict(out)
+
+
+def against_table(pairs):
+    lines = ["| Setting | SSL | FA | round 0: this / other (pairs better) | final: this / other (pairs better) |",
+             "|---|---|---|---|---|"]
+    for (ds, b, ssl, var), parts in sorted(pairs.items()):
+        cells = []
+        for a, o in (parts["round 0"], parts["final"]):
+            d = np.subtract(a, o)
+            cells.append(f"{np.mean(a):.2f} / {np.mean(o):.2f} ({(d > 0).sum()}/{len(d)}, p = {sign_test(d):.2f})"
+                         if len(d) else "-")
+        lines.append(f"| {ds} #{b} | {ssl} | {'-' if var == 'none' else var} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
 def sign_test(d):
     """One-sided sign test of paired differences d: P(at least as many positive signs | no effect), ties dropped."""
     d = np.asarray(d)
@@ -456,6 +495,9 @@ def main(argv=None):
                    help="accuracy of a run: best = max over the periodic test evaluations of the final training "
                         "(USB's protocol; selected on the test set, so optimistic), last = at the end of training "
                         "(default: best; a result file without a curve falls back to last, marked with a dagger)")
+    p.add_argument("--against", metavar="FOLDER",
+                   help="also compare with the same runs (same cells and seeds) in another results folder, e.g. "
+                        "one made with another preset: round 0 and final accuracy, paired by seed")
     p.add_argument("--curves", nargs="+", metavar="RUN",
                    help="draw the training curves only (no tables): <out>/curves_<name>.png per RUN, a "
                         "<name>.log.jsonl file, a result <name>.json (its sibling log is read) or a run name in --runs")
@@ -504,6 +546,10 @@ def main(argv=None):
                "initial labels, the final training on those plus the selected ones. More labels should not end lower; "
                f"counted here ({args.metric} accuracy of both trainings), with the largest seed std of the row's cells.",
                "", round0_table(drops)]
+    if args.against:
+        md += ["", f"## Against {args.against}", "", f"The runs found in both folders, paired by seed ({args.metric} "
+               "accuracy, mean over the pairs; a seed has the same initial labels in both; p: one-sided sign test "
+               "that this folder is better).", "", against_table(against(args.runs, args.against, args.metric))]
     if args.fig3:
         fig3(*args.fig3, os.path.join(args.out, "fig3.png"))
         md += ["", "Fig. 3: fig3.png"]

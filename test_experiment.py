@@ -392,3 +392,26 @@ def test_round0_drops_counts_runs_that_end_below_their_round_0(tmp_path):
     assert best[("digits", 10, "freematch", "none")] == (1, 0, None, None)
     md = report.round0_table(best)
     assert "| digits #10 | fixmatch | - | 3 | 2 | -10.0 |" in md
+
+
+def test_against_pairs_round0_once_per_seed_and_finals_per_cell(tmp_path):
+    def run(folder, al, seed, r0, fin):  # last accuracy of round 0 and of the final training
+        folder.mkdir(exist_ok=True)
+        cfg = dict(dataset="digits", budget=10, ssl="freematch", fa=False, lambda_s=1.0, lambda_c=0.01, queue_len=10,
+                   al=al, rounds=1, seed=seed)
+        json.dump({"config": cfg, "final_acc": fin, "rounds": [{"acc_last": r0}], "final": {"acc_last": fin}},
+                  open(folder / f"{al}-{seed}.json", "w"))
+    new, old = tmp_path / "new", tmp_path / "old"
+    for al, f_new, f_old in (("coreset", 0.90, 0.80), ("noise", 0.70, 0.75)):
+        run(new, al, 0, 0.85, f_new)  # round 0 is shared by the selectors of a seed
+        run(old, al, 0, 0.80, f_old)
+    run(new, "coreset", 1, 0.60, 0.65)
+    run(old, "coreset", 1, 0.70, 0.60)
+    run(new, "coreset", 2, 0.99, 0.99)  # seed 2 only in new: not paired
+    row = ("digits", 10, "freematch", "none")
+    got = report.against(str(new), str(old), "last")[row]
+    assert sorted(zip(*got["round 0"])) == sorted([(85.0, 80.0), (60.0, 70.0)])  # one pair per seed, not per run
+    assert sorted(zip(*got["final"])) == sorted([(90.0, 80.0), (70.0, 75.0), (65.0, 60.0)])
+    md = report.against_table({row: got})
+    # round 0: means 72.5 / 75.0, 1 of 2 better (p = 3/4); final: 75.0 / 71.67, 2 of 3 better (p = 4/8)
+    assert "| 72.50 / 75.00 (1/2, p = 0.75) | 75.00 / 71.67 (2/3, p = 0.50) |" in md

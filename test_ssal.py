@@ -180,15 +180,17 @@ def test_curve_and_log_in_the_results(tmp_path):
 
 
 def test_layer_decay_reaches_the_optimizer():
-    args = ssal.get_args(["--layer-decay", "0.5"])
+    args = ssal.get_args(["--layer-decay", "0.25"])  # not the preset's 0.5: the flag must reach the optimizer
     model = ssal.build_model(args, 10, 32)
     opt, _ = ssal.build_optimizer(args, model)
     lr_of = {id(p): g["initial_lr"] for g in opt.param_groups for p in g["params"]}  # before the schedule
     depth = len(model.blocks)  # timm's groups: embeddings 0, blocks 1..depth, final norm + head depth + 1
     assert lr_of[id(model.head.weight)] == pytest.approx(5e-4)
-    assert lr_of[id(model.blocks[-1].mlp.fc1.weight)] == pytest.approx(5e-4 * 0.5)
-    assert lr_of[id(model.blocks[0].mlp.fc1.weight)] == pytest.approx(5e-4 * 0.5 ** depth)
-    assert lr_of[id(model.patch_embed.proj.weight)] == pytest.approx(5e-4 * 0.5 ** (depth + 1))
+    assert lr_of[id(model.blocks[-1].mlp.fc1.weight)] == pytest.approx(5e-4 * 0.25)
+    assert lr_of[id(model.blocks[0].mlp.fc1.weight)] == pytest.approx(5e-4 * 0.25 ** depth)
+    assert lr_of[id(model.patch_embed.proj.weight)] == pytest.approx(5e-4 * 0.25 ** (depth + 1))
+    # the digits preset fine-tunes with USB's 0.5; --scratch trains every layer at the full lr
+    assert ssal.get_args([]).layer_decay == 0.5 and ssal.get_args(["--scratch"]).layer_decay is None
 
 
 # ----------------------------------------------------------------------------------------------------------------
