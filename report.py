@@ -58,6 +58,7 @@ METRICS = {  # the accuracy of a run: --metric
             "numbers follow; it is selected on the test set, so it is optimistic",
     "last": "the accuracy at the end of the final training, what a user without a test set gets",
 }
+ROUND_KEY = {"best": "acc_best", "last": "acc_last"}  # a training record's accuracy under each metric
 MARK = "†"
 NOTE = f"{MARK} some runs of this cell have no curve (written before periodic evaluation): last accuracy used."
 
@@ -167,7 +168,7 @@ def round0_drops(folder, metric="best", tol=1.0):
     variant), over every selector and seed: runs, runs whose final accuracy is more than `tol` points below their own
     round 0 (the same metric for both trainings), the largest such drop, and the largest seed std of the row's
     cells. Returns {row: (n, n_below, worst_drop, max_std)}; runs without a round-0 record are skipped."""
-    key = "acc_best" if metric == "best" else "acc_last"
+    key = ROUND_KEY[metric]
     diffs, accs = defaultdict(list), defaultdict(list)
     for r, cell in one_round_results(folder):
         if not r.get("rounds") or key not in r["rounds"][0]:
@@ -196,7 +197,7 @@ def against(new, old, metric="best"):
     variant): round 0 (one training per seed: the row's selectors share it, and a seed has the same initial labels
     in both folders) and the final training (one per selector and seed). Returns {row: {"round 0": (new, old),
     "final": (new, old)}}, each a pair of equal-length lists of accuracies % over the common runs."""
-    key = "acc_best" if metric == "best" else "acc_last"
+    key = ROUND_KEY[metric]
 
     def read(folder):
         r0, fin = {}, {}
