@@ -192,6 +192,44 @@ def round0_table(drops):
     return "\n".join(lines)
 
 
+def crowding(folder, metric="best", tol=1.0, top=5):
+    """Do runs end below their round 0 when the selection crowds into few classes? For every run whose round-0
+    record has the selection's class histogram (`selected_hist`), its crowding k = the most selected images of one
+    class (capped at `top`: 'top or more') and its change = final - round-0 accuracy (points, `metric`).
+    Returns (by_k, drops): by_k {k: (runs, runs more than tol below round 0, mean change)}; drops, one per such run
+    in name order: (name, round 0 %, final %, selected_hist, (c, n0, n1)) where c is the class whose count among
+    the test predictions fell most from round 0 (n0) to the final training (n1), or None without prediction counts."""
+    key = ROUND_KEY[metric]
+    changes, drops = defaultdict(list), []
+    for r, _ in one_round_results(folder):
+        r0 = (r.get("rounds") or [{}])[0]
+        if "selected_hist" not in r0 or key not in r0 or key not in r.get("final", {}):
+            continue
+        a0, a1 = 100 * r0[key], 100 * r["final"][key]
+        changes[min(max(r0["selected_hist"]), top)].append(a1 - a0)
+        if a1 - a0 < -tol:
+            h0, h1 = r0.get("test_pred_hist"), r["final"].get("test_pred_hist")
+            lost = None
+            if h0 and h1:
+                c = int(np.argmin(np.subtract(h1, h0)))
+                lost = (c, h0[c], h1[c])
+            drops.append((r["config"].get("name", "?"), a0, a1, r0["selected_hist"], lost))
+    by_k = {k: (len(v), sum(x < -tol for x in v), float(np.mean(v))) for k, v in sorted(changes.items())}
+    return by_k, drops
+
+
+def crowding_table(by_k, drops, top=5):
+    lines = ["| most selected images of one class | runs | final more than 1 point below round 0 | mean change |",
+             "|---|---|---|---|"]
+    lines += [f"| {k}{' or more' if k == top else ''} | {n} | {d} | {m:+.2f} |" for k, (n, d, m) in by_k.items()]
+    lines += ["", "| run | round 0 -> final | selected per class | class predicted less (test predictions) |",
+              "|---|---|---|---|"]
+    for name, a0, a1, h, lost in drops:
+        less = "-" if lost is None else f"{lost[0]}: {lost[1]} -> {lost[2]}"
+        lines.append(f"| {name} | {a0:.1f} -> {a1:.1f} | {' '.join(map(str, h))} | {less} |")
+    return "\n".join(lines)
+
+
 def against(new, old, metric="best"):
     """The same runs in two results folders (two presets, say), paired by seed. Per row (dataset, budget, ssl,
     variant): round 0 (one training per seed: the row's selectors share it, and a seed has the same initial labels
@@ -547,6 +585,12 @@ def main(argv=None):
                "initial labels, the final training on those plus the selected ones. More labels should not end lower; "
                f"counted here ({args.metric} accuracy of both trainings), with the largest seed std of the row's cells.",
                "", round0_table(drops)]
+        by_k, dropped = crowding(args.runs, args.metric)
+        if by_k:
+            md += ["", "### Crowded selections", "", "The runs grouped by how many of the selected images share "
+                   "one class (the selection's largest class count; a balanced selection of one per class is 1), and "
+                   "each run more than 1 point below its round 0, with the class whose share of the test predictions "
+                   "fell most.", "", crowding_table(by_k, dropped)]
     if args.against:
         md += ["", f"## Against {args.against}", "", f"The runs found in both folders, paired by seed ({args.metric} "
                "accuracy, mean over the pairs; a seed has the same initial labels in both; p: one-sided sign test "

@@ -415,3 +415,29 @@ def test_against_pairs_round0_once_per_seed_and_finals_per_cell(tmp_path):
     md = report.against_table({row: got})
     # round 0: means 72.5 / 75.0, 1 of 2 better (p = 3/4); final: 75.0 / 71.67, 2 of 3 better (p = 4/8)
     assert "| 72.50 / 75.00 (1/2, p = 0.75) | 75.00 / 71.67 (2/3, p = 0.50) |" in md
+
+
+def test_crowding_groups_runs_by_the_largest_class_of_the_selection(tmp_path):
+    def run(name, seed, sel, r0, fin, pred0=None, pred1=None):  # last accuracy of round 0 and of the final training
+        cfg = dict(dataset="digits", budget=4, ssl="freematch", fa=False, lambda_s=1.0, lambda_c=0.01, queue_len=10,
+                   al="noise", rounds=1, seed=seed, name=name)
+        r0d = {"acc_last": r0, "selected_hist": sel}
+        fd = {"acc_last": fin}
+        if pred0:
+            r0d["test_pred_hist"], fd["test_pred_hist"] = pred0, pred1
+        json.dump({"config": cfg, "final_acc": fin, "rounds": [r0d], "final": fd}, open(tmp_path / f"{name}.json", "w"))
+    run("a", 0, [1, 1, 1, 1], 0.80, 0.90)  # balanced: k = 1, +10
+    run("b", 1, [0, 2, 1, 1], 0.80, 0.78, [10, 10, 10, 10], [12, 9, 14, 5])  # k = 2, -2: class 3 fell most (10 -> 5)
+    run("c", 2, [0, 0, 1, 3], 0.70, 0.72)  # k = 3, +2
+    run("d", 3, [0, 0, 0, 4], 0.90, 0.85)  # k = 4 -> capped at top = 3, -5, no prediction counts
+    json.dump({"config": dict(dataset="digits", budget=4, ssl="freematch", fa=False, lambda_s=1.0, lambda_c=0.01,
+                              queue_len=10, al="noise", rounds=1, seed=4, name="old"), "final_acc": 0.5,
+               "rounds": [{"acc_last": 0.9}], "final": {"acc_last": 0.5}}, open(tmp_path / "old.json", "w"))  # no hist
+    by_k, drops = report.crowding(str(tmp_path), "last", top=3)
+    assert set(by_k) == {1, 2, 3}
+    assert by_k[1] == (1, 0, pytest.approx(10.0)) and by_k[2] == (1, 1, pytest.approx(-2.0))
+    assert by_k[3] == (2, 1, pytest.approx((2.0 - 5.0) / 2))
+    assert [(n, round(a0, 1), round(a1, 1), lost) for n, a0, a1, _, lost in drops] == \
+        [("b", 80.0, 78.0, (3, 10, 5)), ("d", 90.0, 85.0, None)]
+    md = report.crowding_table(by_k, drops, top=3)
+    assert "| 3 or more | 2 | 1 | -1.50 |" in md and "| b | 80.0 -> 78.0 | 0 2 1 1 | 3: 10 -> 5 |" in md
