@@ -163,18 +163,26 @@ def table2(cells, setting, fa_variant, ls_variant, marked=frozenset()):
     return "\n".join(lines)
 
 
+def round0_changes(folder, metric="best"):
+    """(result, cell, round-0 accuracy %, final accuracy %, change = final - round 0 in points) for every one-round
+    result in folder that records both trainings under `metric` (see one_round_results for cell)."""
+    key = ROUND_KEY[metric]
+    for r, cell in one_round_results(folder):
+        r0 = (r.get("rounds") or [{}])[0]
+        if key in r0 and key in r.get("final", {}):
+            # rounded: 0.874 - 0.884 is -1.0000000000000009 in floats, which is not "more than 1 point" below
+            yield r, cell, 100 * r0[key], 100 * r["final"][key], round(100 * (r["final"][key] - r0[key]), 9)
+
+
 def round0_drops(folder, metric="best", tol=1.0):
     """Does the final training (round-0 labels + the selection) end above round 0? Per row (dataset, budget, ssl,
     variant), over every selector and seed: runs, runs whose final accuracy is more than `tol` points below their own
     round 0 (the same metric for both trainings), the largest such drop, and the largest seed std of the row's
     cells. Returns {row: (n, n_below, worst_drop, max_std)}; runs without a round-0 record are skipped."""
-    key = ROUND_KEY[metric]
     diffs, accs = defaultdict(list), defaultdict(list)
-    for r, cell in one_round_results(folder):
-        if not r.get("rounds") or key not in r["rounds"][0]:
-            continue
-        diffs[cell[:4]].append(100 * (r["final"][key] - r["rounds"][0][key]))
-        accs[cell].append(100 * r["final"][key])
+    for _, cell, _, a1, d in round0_changes(folder, metric):
+        diffs[cell[:4]].append(d)
+        accs[cell].append(a1)
     out = {}
     for row, d in diffs.items():
         below = [x for x in d if x < -tol]
@@ -199,15 +207,13 @@ def crowding(folder, metric="best", tol=1.0, top=5):
     Returns (by_k, drops): by_k {k: (runs, runs more than tol below round 0, mean change)}; drops, one per such run
     in name order: (name, round 0 %, final %, selected_hist, (c, n0, n1)) where c is the class whose count among
     the test predictions fell most from round 0 (n0) to the final training (n1), or None without prediction counts."""
-    key = ROUND_KEY[metric]
     changes, drops = defaultdict(list), []
-    for r, _ in one_round_results(folder):
-        r0 = (r.get("rounds") or [{}])[0]
-        if "selected_hist" not in r0 or key not in r0 or key not in r.get("final", {}):
+    for r, _, a0, a1, d in round0_changes(folder, metric):
+        r0 = r["rounds"][0]
+        if "selected_hist" not in r0:
             continue
-        a0, a1 = 100 * r0[key], 100 * r["final"][key]
-        changes[min(max(r0["selected_hist"]), top)].append(a1 - a0)
-        if a1 - a0 < -tol:
+        changes[min(max(r0["selected_hist"]), top)].append(d)
+        if d < -tol:
             h0, h1 = r0.get("test_pred_hist"), r["final"].get("test_pred_hist")
             lost = None
             if h0 and h1:

@@ -385,11 +385,13 @@ def test_round0_drops_counts_runs_that_end_below_their_round_0(tmp_path):
     run("b", "fixmatch", "coreset", 1, (0.90, 0.90), (0.885, 0.895))  # best -1.5 (below), last -0.5 (within 1)
     run("c", "fixmatch", "noise", 0, (0.80, 0.80), (0.70, 0.75))  # both below: -10 best, -5 last
     run("d", "freematch", "noise", 0, (0.80, 0.80), (0.81, 0.81))
+    run("e", "supervised", "coreset", 0, (0.884, 0.884), (0.874, 0.874))  # exactly 1 point lower: not "more than"
     row = ("digits", 10, "fixmatch", "none")
     best, last = report.round0_drops(str(tmp_path), "best"), report.round0_drops(str(tmp_path), "last")
     assert best[row][:3] == (3, 2, pytest.approx(-10.0)) and last[row][:3] == (3, 2, pytest.approx(-5.0))
     assert best[row][3] == pytest.approx(np.std([92.0, 88.5], ddof=1))  # coreset's two seeds; noise has one
     assert best[("digits", 10, "freematch", "none")] == (1, 0, None, None)
+    assert best[("digits", 10, "supervised", "none")] == last[("digits", 10, "supervised", "none")] == (1, 0, None, None)
     md = report.round0_table(best)
     assert "| digits #10 | fixmatch | - | 3 | 2 | -10.0 |" in md
 
