@@ -200,19 +200,22 @@ def round0_table(drops):
     return "\n".join(lines)
 
 
-def crowding(folder, metric="best", tol=1.0, top=5):
+def crowding(folder, metric="best", tol=1.0, top=None):
     """Do runs end below their round 0 when the selection crowds into few classes? For every run whose round-0
     record has the selection's class histogram (`selected_hist`), its crowding k = the most selected images of one
-    class (capped at `top`: 'top or more') and its change = final - round-0 accuracy (points, `metric`).
-    Returns (by_k, drops): by_k {k: (runs, runs more than tol below round 0, mean change)}; drops, one per such run
+    class (capped at `top`: 'top or more'; None: half the setting's budget, at least 2) and its change = final -
+    round-0 accuracy (points, `metric`). Returns (by_k, drops): by_k {(dataset, budget, (k, "" or " or more")): (runs,
+    runs more than tol below round 0, mean change)}; drops, one per such run
     in name order: (name, round 0 %, final %, selected_hist, (c, n0, n1)) where c is the class whose count among
     the test predictions fell most from round 0 (n0) to the final training (n1), or None without prediction counts."""
     changes, drops = defaultdict(list), []
-    for r, _, a0, a1, d in round0_changes(folder, metric):
+    for r, cell, a0, a1, d in round0_changes(folder, metric):
         r0 = r["rounds"][0]
         if "selected_hist" not in r0:
             continue
-        changes[min(max(r0["selected_hist"]), top)].append(d)
+        cap = top or max(2, cell[1] // 2)
+        k = max(r0["selected_hist"])
+        changes[cell[:2] + ((k, "") if k < cap else (cap, " or more"),)].append(d)
         if d < -tol:
             h0, h1 = r0.get("test_pred_hist"), r["final"].get("test_pred_hist")
             lost = None
@@ -224,10 +227,10 @@ def crowding(folder, metric="best", tol=1.0, top=5):
     return by_k, drops
 
 
-def crowding_table(by_k, drops, top=5):
-    lines = ["| most selected images of one class | runs | final more than 1 point below round 0 | mean change |",
-             "|---|---|---|---|"]
-    lines += [f"| {k}{' or more' if k == top else ''} | {n} | {d} | {m:+.2f} |" for k, (n, d, m) in by_k.items()]
+def crowding_table(by_k, drops):
+    lines = ["| Setting | most selected images of one class | runs | final more than 1 point below round 0 | "
+             "mean change |", "|---|---|---|---|---|"]
+    lines += [f"| {ds} #{b} | {k}{more} | {n} | {d} | {m:+.2f} |" for (ds, b, (k, more)), (n, d, m) in by_k.items()]
     lines += ["", "| run | round 0 -> final | selected per class | class predicted less (test predictions) |",
               "|---|---|---|---|"]
     for name, a0, a1, h, lost in drops:
@@ -594,9 +597,10 @@ def main(argv=None):
         by_k, dropped = crowding(args.runs, args.metric)
         if by_k:
             md += ["", "### Crowded selections", "", "The runs grouped by how many of the selected images share "
-                   "one class (the selection's largest class count; a balanced selection of one per class is 1), and "
-                   "each run more than 1 point below its round 0, with the class whose share of the test predictions "
-                   "fell most.", "", crowding_table(by_k, dropped)]
+                   "one class (the selection's largest class count; a balanced selection of one per class is 1; a "
+                   "setting's last group holds the selections with half its budget or more in one class), and each "
+                   "run more than 1 point below its round 0, with the class whose share of the test predictions fell "
+                   "most.", "", crowding_table(by_k, dropped)]
     if args.against:
         md += ["", f"## Against {args.against}", "", f"The runs found in both folders, paired by seed ({args.metric} "
                "accuracy, mean over the pairs; a seed has the same initial labels in both; p: one-sided sign test "

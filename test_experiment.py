@@ -436,10 +436,13 @@ def test_crowding_groups_runs_by_the_largest_class_of_the_selection(tmp_path):
                               queue_len=10, al="noise", rounds=1, seed=4, name="old"), "final_acc": 0.5,
                "rounds": [{"acc_last": 0.9}], "final": {"acc_last": 0.5}}, open(tmp_path / "old.json", "w"))  # no hist
     by_k, drops = report.crowding(str(tmp_path), "last", top=3)
-    assert set(by_k) == {1, 2, 3}
-    assert by_k[1] == (1, 0, pytest.approx(10.0)) and by_k[2] == (1, 1, pytest.approx(-2.0))
-    assert by_k[3] == (2, 1, pytest.approx((2.0 - 5.0) / 2))
+    g = ("digits", 4)
+    assert set(by_k) == {g + ((1, ""),), g + ((2, ""),), g + ((3, " or more"),)}
+    assert by_k[g + ((1, ""),)] == (1, 0, pytest.approx(10.0)) and by_k[g + ((2, ""),)] == (1, 1, pytest.approx(-2.0))
+    assert by_k[g + ((3, " or more"),)] == (2, 1, pytest.approx((2.0 - 5.0) / 2))
+    # without top, the cap is half the budget (2 here): k = 2, 3 and 4 are "2 or more"
+    assert report.crowding(str(tmp_path), "last")[0][g + ((2, " or more"),)] == (3, 2, pytest.approx((-2 + 2 - 5) / 3))
     assert [(n, round(a0, 1), round(a1, 1), lost) for n, a0, a1, _, lost in drops] == \
         [("b", 80.0, 78.0, (3, 10, 5)), ("d", 90.0, 85.0, None)]
-    md = report.crowding_table(by_k, drops, top=3)
-    assert "| 3 or more | 2 | 1 | -1.50 |" in md and "| b | 80.0 -> 78.0 | 0 2 1 1 | 3: 10 -> 5 |" in md
+    md = report.crowding_table(by_k, drops)
+    assert "| digits #4 | 3 or more | 2 | 1 | -1.50 |" in md and "| b | 80.0 -> 78.0 | 0 2 1 1 | 3: 10 -> 5 |" in md
