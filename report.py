@@ -64,9 +64,11 @@ NOTE = f"{MARK} some runs of this cell have no curve (written before periodic ev
 
 
 def one_round_results(folder):
-    """(result, key) for every ssal.py result file of the paper's protocol (one query round) in folder, in name order;
-    key = (dataset, budget, ssl, variant, al), variant = 'none' or 'fa_s<lambda_s>_c<lambda_c>_T<T>'."""
-    for f in sorted(glob.glob(os.path.join(folder, "*.json"))):
+    """(result, key) for every ssal.py result file of the paper's protocol (one query round) in folder (or in each
+    folder of a list, in turn), in name order; key = (dataset, budget, ssl, variant, al), variant = 'none' or
+    'fa_s<lambda_s>_c<lambda_c>_T<T>'. Every reader of result files goes through here."""
+    folders = [folder] if isinstance(folder, (str, os.PathLike)) else folder
+    for f in [f for d in folders for f in sorted(glob.glob(os.path.join(d, "*.json")))]:
         r = json.load(open(f))
         c = r.get("config", {})
         if "final_acc" not in r or c.get("rounds") != 1:
@@ -531,7 +533,9 @@ def curves(runs, runs_dir, out):
 def main(argv=None):
     p = argparse.ArgumentParser(description="Tables 1-2 and Figs. 2-3 from ssal.py result files; with --curves, "
                                             "training curves from ssal.py training logs.")
-    p.add_argument("--runs", default="results/runs", help="folder of ssal.py result .json files (and their logs)")
+    p.add_argument("--runs", nargs="+", default=["results/runs"],
+                   help="folder(s) of ssal.py result .json files (and their logs), read as one set of runs: e.g. "
+                        "results/runs results/lambda_s tabulates another lambda_s against the same baselines")
     p.add_argument("--out", default="results", help="where tables.md and the figures (or the curves) go")
     p.add_argument("--settings", help="dataset:budget list for Table 1, e.g. 'digits:10 digits:20' "
                                       "(default: every setting found)")
@@ -551,7 +555,7 @@ def main(argv=None):
                         "<name>.log.jsonl file, a result <name>.json (its sibling log is read) or a run name in --runs")
     args = p.parse_args(argv)
     if args.curves:
-        return curves(args.curves, args.runs, args.out)
+        return curves(args.curves, args.runs[0], args.out)
     seeded, marked = load_runs(args.runs, by_seed=True, metric=args.metric)
     cells = seed_lists(seeded)
     os.makedirs(args.out, exist_ok=True)

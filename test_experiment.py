@@ -446,3 +446,17 @@ def test_crowding_groups_runs_by_the_largest_class_of_the_selection(tmp_path):
         [("b", 80.0, 78.0, (3, 10, 5)), ("d", 90.0, 85.0, None)]
     md = report.crowding_table(by_k, drops)
     assert "| digits #4 | 3 or more | 2 | 1 | -1.50 |" in md and "| b | 80.0 -> 78.0 | 0 2 1 1 | 3: 10 -> 5 |" in md
+
+
+def test_runs_from_several_folders_are_read_as_one_set(tmp_path):
+    # seeds 0-1 in one folder, seed 2 in another: --runs a b must tabulate all three (mean 62, sample std 2)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    for folder, seed, acc in [(a, 0, 0.60), (a, 1, 0.62), (b, 2, 0.64)]:
+        write_result(folder, f"coreset{seed}", "coreset", seed, acc, acc)
+    cell = ("digits", 10, "supervised", "none", "coreset")
+    assert report.load_runs([str(a), str(b)])[0][cell] == pytest.approx([60.0, 62.0, 64.0])
+    assert report.load_runs(str(a))[0][cell] == pytest.approx([60.0, 62.0])
+    report.main(["--runs", str(a), str(b), "--out", str(tmp_path / "rep")])
+    row = [l for l in (tmp_path / "rep" / "tables.md").read_text().splitlines() if "| Supervised |" in l][0]
+    assert row.split("|")[4].strip() == "62.00 ± 2.00"
