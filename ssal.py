@@ -59,7 +59,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # CIFAR-100 / TinyImageNet follow USB's FreeMatch ViT config for CIFAR-100 (AdamW, lr 5e-4, layer decay 0.5,
 # weight decay 5e-4, batch 8, uratio 1, 204,800 iterations with 5,120 warm-up). digits is CPU-sized.
 PRESETS = {
-    "digits": dict(model="vit_tiny_digits", weights=DIGITS_WEIGHTS, budget=10, iters=500, batch_size=16, uratio=3,
+    "digits": dict(model="vit_tiny_digits", weights=DIGITS_WEIGHTS, budget=20, iters=500, batch_size=16, uratio=3,
                    lr=5e-4, weight_decay=5e-4, layer_decay=0.5, warmup=25, ema_p=0.9, eval_every=50, log_every=25),
     "cifar100": dict(model="vit_small_patch2_32", weights=None, budget=100, iters=204800, batch_size=8, uratio=1,
                      lr=5e-4, weight_decay=5e-4, layer_decay=0.5, warmup=5120, ema_p=0.999, eval_every=2048,
@@ -69,8 +69,8 @@ PRESETS = {
                          log_every=256),
 }
 # --scratch: the digits regime before the pretrained start (a random initialisation needs 3x the iterations)
-SCRATCH_PRESETS = {"digits": dict(weights=None, iters=1500, lr=1e-3, layer_decay=None, warmup=75, eval_every=100,
-                                  log_every=50)}
+SCRATCH_PRESETS = {"digits": dict(weights=None, budget=10, iters=1500, lr=1e-3, layer_decay=None, warmup=75,
+                                  eval_every=100, log_every=50)}
 # USB evaluates every num_eval_iter = 2,048 iterations and logs every num_log_iter = 256; digits evaluates 10 times
 # per training and logs 20 times (from scratch: 15 and 30).
 # digits fine-tunes the pretrained start as USB fine-tunes its ViT: the same lr (5e-4), warm-up 5% of the
@@ -81,6 +81,10 @@ SCRATCH_PRESETS = {"digits": dict(weights=None, iters=1500, lr=1e-3, layer_decay
 # USB's 204,800 iterations. At digits' 500-1,500 iterations 0.999 would keep the thresholds near their initial 1/C
 # for the whole run (every pseudo-label passes; measured from scratch: FreeMatch below supervised); 0.9 averages
 # over 10 steps.
+# Budget 20 (two images per class, the paper's #200 on CIFAR-100; #10 is its #100): the pretrained start already
+# reaches 90-95% with one image per class, so the demo's second 10 random labels moved it by less than test noise
+# (seed 0 tied its round 0). At 20, the demo ended above its round 0 on 19 of 20 fresh seeds (10-29, sign test
+# p < 0.001), the test fixed before those runs (README "Results on digits"); Table 1 runs both budgets.
 
 
 class Parser(argparse.ArgumentParser):
@@ -96,8 +100,9 @@ def get_args(argv=None):
     a("--dataset", default="digits", choices=list(D.DATASETS), help="digits ships with scikit-learn (the CPU demo)")
     a("--data-dir", default="./data", help="folder holding cifar-100-python/ or tiny-imagenet-200/")
     a("--download", action="store_true", help="let torchvision download CIFAR-100 into --data-dir")
-    a("--budget", type=int, help="initial labeled images AND images selected per round (#100 in Table 1); "
-                                 "a multiple of the classes. Preset: digits 10, cifar100 100, tinyimagenet 200")
+    a("--budget", type=int, help="initial labeled images AND images selected per round (#100 in Table 1); a "
+                                 "multiple of the classes. Preset: digits 20 (--scratch 10), cifar100 100, "
+                                 "tinyimagenet 200")
     a("--rounds", type=int, default=1, help="query rounds (the paper runs one)")
     # algorithms
     a("--ssl", default="freematch", choices=ssl_algos.SSL_NAMES, help="training algorithm")
@@ -119,7 +124,8 @@ def get_args(argv=None):
                         "USB's vit_small_patch2_32_mlp_im_1k_32.pth); the classifier head is dropped. Preset: digits "
                         f"{DIGITS_WEIGHTS} (made by pretrain.py), others none")
     a("--scratch", action="store_true", help="start from a random initialisation with the from-scratch digits preset "
-                                           "(1,500 iterations, lr 1e-3, no layer decay): the regime before the pretrained start")
+                                           "(budget 10, 1,500 iterations, lr 1e-3, no layer decay): the regime "
+                                           "before the pretrained start")
     # optimisation
     a("--iters", type=int, help="training iterations per round. Preset: digits 500 (--scratch 1500), others 204800")
     a("--batch-size", type=int, help="labeled batch B. Preset: digits 16, others 8")

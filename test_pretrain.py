@@ -110,6 +110,8 @@ def test_digits_preset_starts_from_the_committed_weights():
     assert not torch.equal(scratch["blocks.0.attn.qkv.weight"], state["blocks.0.attn.qkv.weight"])
     assert torch.equal(pre["head.weight"], scratch["head.weight"])  # the same seeded fresh head either way
     assert scratch_args.weights is None and "-scratch-" in scratch_args.name and "-scratch-" not in args.name
+    # two labels per class fine-tuned, one from scratch (the regime, and the names, of results/scratch/)
+    assert (args.budget, scratch_args.budget) == (20, 10) and "-b20-" in args.name and "-b10-" in scratch_args.name
     assert ssal.get_args(["--dataset", "cifar100"]).weights is None
 
 

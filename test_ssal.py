@@ -12,7 +12,7 @@ import torch
 import ssal
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TINY = ["--iters", "4", "--batch-size", "4", "--uratio", "1"]
+TINY = ["--budget", "10", "--iters", "4", "--batch-size", "4", "--uratio", "1"]  # one label per class: the names below
 
 
 def run(args, tmp_path, check=True):
@@ -196,8 +196,8 @@ def test_layer_decay_reaches_the_optimizer():
 # ----------------------------------------------------------------------------------------------------------------
 # long runs: kill and resume, signals, divergence, flag checks, corrupt files
 
-LONG = ["--iters", "60", "--eval-every", "10", "--log-every", "15", "--ckpt-every", "5", "--batch-size", "4",
-        "--uratio", "1", "--fa", "--al", "noise"]
+LONG = ["--budget", "10", "--iters", "60", "--eval-every", "10", "--log-every", "15", "--ckpt-every", "5",
+        "--batch-size", "4", "--uratio", "1", "--fa", "--al", "noise"]
 LONG_NAME = "digits-b10-freematch-fa_s1_c0.01_T10-noise-r1-s0"
 
 
