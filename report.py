@@ -496,20 +496,22 @@ def plot_curves(log, path, rounds=None):
     return R, trainings
 
 
-def resolve_log(run, runs_dir):
-    """(log path, result .json path) of RUN: a .log.jsonl file, a result .json or a run name in runs_dir."""
+def resolve_log(run, runs_dirs):
+    """(log path, result .json path) of RUN: a .log.jsonl file, a result .json or a run name in the first of
+    runs_dirs (the --runs folders) that has its log (none has it: the first folder's path, for the error)."""
     if run.endswith(LOG_SUFFIX):
         base = run[:-len(LOG_SUFFIX)]
     elif run.endswith(".json"):
         base = run[:-len(".json")]
     else:
-        base = os.path.join(runs_dir, run)
+        bases = [os.path.join(d, run) for d in runs_dirs]
+        base = next((b for b in bases if os.path.isfile(b + LOG_SUFFIX)), bases[0])
     return base + LOG_SUFFIX, base + ".json"
 
 
-def curves(runs, runs_dir, out):
+def curves(runs, runs_dirs, out):
     """--curves: one PNG per run in out; returns the paths written. A missing log: one line on stderr, exit 2."""
-    found = [resolve_log(r, runs_dir) for r in runs]
+    found = [resolve_log(r, runs_dirs) for r in runs]
     missing = [log for log, _ in found if not os.path.isfile(log)]
     if missing:
         print(f"report.py: no training log {', '.join(missing)}", file=sys.stderr)
@@ -555,7 +557,7 @@ def main(argv=None):
                         "<name>.log.jsonl file, a result <name>.json (its sibling log is read) or a run name in --runs")
     args = p.parse_args(argv)
     if args.curves:
-        return curves(args.curves, args.runs[0], args.out)
+        return curves(args.curves, args.runs, args.out)
     seeded, marked = load_runs(args.runs, by_seed=True, metric=args.metric)
     cells = seed_lists(seeded)
     os.makedirs(args.out, exist_ok=True)
