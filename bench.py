@@ -195,7 +195,7 @@ def bench_train_one(args, data, warmup, iters):
     labeled = D.initial_split(data.y_tr, args.budget, data.num_classes, args.seed)
     tr = ssal.setup_training(args, data, labeled)
     model, algo, queues, pos_of = tr.model, tr.algo, tr.queues, tr.pos_of
-    streams = ssal.training_streams(args, data, labeled, algo.uses_unlabeled)
+    streams = D.training_streams(data, labeled, args, algo.uses_unlabeled)
     its, batches, t_data = [iter(s) for s in streams], [], 0.0
     for k in range(warmup + iters):
         t = time.perf_counter()
@@ -286,7 +286,7 @@ def main_train(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
     p.add_argument("--amp", default="auto", choices=("auto", "none", "bf16", "fp16"),
-                   help="ssal's --amp (default auto: bf16 on a CUDA GPU that supports it, none on the CPU)")
+                   help="ssal's --amp (default auto: float32 on every device, as ssal.py)")
     p.add_argument("--iters", type=int, default=None,
                    help="timed iterations per row (default: 5 on the CPU for cifar100, else 50)")
     p.add_argument("--warmup", type=int, default=None,

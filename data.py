@@ -463,3 +463,45 @@ def loader(dataset, batch_size, num_samples=None, seed=0, workers=0, start=0):
                                        generator=torch.Generator().manual_seed(seed), num_workers=workers,
                                        persistent_workers=False, pin_memory=torch.cuda.is_available())
 
+
+
+def view_tensor(dataset, workers=0):
+    """Every item of a Views dataset under its (one) view, as uint8 [N, 3, H, W] in dataset order."""
+    return torch.cat([next(v for k, v in b.items() if k not in ("idx", "y"))
+                      for b in loader(dataset, 256, workers=workers)])
+
+
+def test_images(data, workers=0):
+    """The test set's plain views, uint8 [N_te, 3, H, W]: computed once per training, read at every evaluation."""
+    return view_tensor(Views(data.x_te, data.y_te, np.arange(len(data.y_te)), {"plain": data.views["plain"]}), workers)
+
+
+class Batches:
+    """Normalised batches (x,) of a uint8 image tensor [N, 3, H, W], on the device, as often as iterated: the pool
+    that noise stability passes through 31 times reads views computed once, not once per pass."""
+
+    def __init__(self, x, normalize, device, size=256):
+        self.x, self.normalize, self.dev, self.size = x, normalize, torch.device(device), size
+
+    def __iter__(self):
+        for i in range(0, len(self.x), self.size):
+            yield (self.normalize(self.x[i:i + self.size].to(self.dev, non_blocking=True)),)
+
+
+def training_streams(data, labeled, args, uses_unlabeled, start=0):
+    """The SSL training's streams from iteration `start` on: the labeled one (stream 0: the weak view, and the
+    strong one with --fa to fill Q_s) over `labeled`, and with `uses_unlabeled` the unlabeled one (stream 1: weak and
+    strong views) over the whole training set. Batches args.batch_size and args.batch_size * args.uratio, for
+    args.iters iterations. Which images a draw takes, and their views, depend on (args.seed, stream, draw) only,
+    so a resumed training picks them up at draw start x batch."""
+    B, Bu, V = args.batch_size, args.batch_size * args.uratio, data.views
+    lb_views = {"weak": V["weak"], "strong": V["strong"]} if args.fa else {"weak": V["weak"]}
+    lb_set = Views(data.x_tr, data.y_tr, labeled, lb_views, view_seed=(args.seed, 0))
+    streams = [loader(lb_set, B, num_samples=args.iters * B, seed=mix_seed(args.seed, 0), workers=args.workers,
+                      start=start * B)]
+    if uses_unlabeled:
+        ulb_set = Views(data.x_tr, data.y_tr, np.arange(len(data.y_tr)), {"weak": V["weak"], "strong": V["strong"]},
+                        view_seed=(args.seed, 1))
+        streams.append(loader(ulb_set, Bu, num_samples=args.iters * Bu, seed=mix_seed(args.seed, 1),
+                              workers=args.workers, start=start * Bu))
+    return streams

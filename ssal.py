@@ -4,22 +4,18 @@
                          ->  AL selects `budget` pool images  ->  L_{r+1} = L_r + selection
     then:                SSL training on L_R  ->  test accuracy (the number of Table 1)
 
-    python ssal.py                                    # the embedded demo: digits, 10 labels + 10 selected, CPU
+    python ssal.py                                    # the embedded demo: digits, 20 labels + 20 selected, CPU
     python ssal.py --dataset cifar100 --budget 100 --ssl freematch --al alphamix --fa
 
 Every round trains from the same initial weights (same seed), as in the usual AL protocol, so that the rounds
 differ only by their labeled set. Flags left unset take the dataset's preset (PRESETS below).
 """
 import argparse
-import glob
-import hashlib
+import contextlib
 import json
 import math
 import os
-import random
-import signal
 import sys
-import tempfile
 import time
 from types import SimpleNamespace
 
@@ -32,6 +28,7 @@ from tqdm import tqdm
 import al_strategies
 import data as D
 import fa
+import runstate
 import ssl_algos
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -52,7 +49,7 @@ ARCHS = {
 }
 
 # The digits ViT's pretrained start, made by pretrain.py (printed characters, then SimCLR on the unlabeled digits
-# training images) and committed; a relative path is read from this file's folder when the working folder lacks it.
+# training images) and committed; runstate.weights_file finds it from any working folder.
 DIGITS_WEIGHTS = os.path.join("weights", "vit_tiny_digits.pt")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -73,18 +70,11 @@ SCRATCH_PRESETS = {"digits": dict(weights=None, budget=10, iters=1500, lr=1e-3, 
                                   eval_every=100, log_every=50)}
 # USB evaluates every num_eval_iter = 2,048 iterations and logs every num_log_iter = 256; digits evaluates 10 times
 # per training and logs 20 times (from scratch: 15 and 30).
-# digits fine-tunes the pretrained start as USB fine-tunes its ViT: the same lr (5e-4), warm-up 5% of the
-# training (USB: 5,120 of 204,800 is 2.5%), USB's layer decay 0.5 (4 blocks: the patch embedding learns at 1/32 of
-# the head's lr; without it, 4 of 25 FreeMatch runs ended 4-7 points below their round 0, README "The digits
-# preset"). 500 iterations: the test accuracy of FreeMatch with 10 labels has levelled off by then.
-# FreeMatch's EMA momentum ema_p sets how many steps its thresholds average over (1 / (1 - ema_p)): 1,000 of
-# USB's 204,800 iterations. At digits' 500-1,500 iterations 0.999 would keep the thresholds near their initial 1/C
-# for the whole run (every pseudo-label passes; measured from scratch: FreeMatch below supervised); 0.9 averages
-# over 10 steps.
-# Budget 20 (two images per class, the paper's #200 on CIFAR-100; #10 is its #100): the pretrained start already
-# reaches 90-95% with one image per class, so the demo's second 10 random labels moved it by less than test noise
-# (seed 0 tied its round 0). At 20, the demo ended above its round 0 on 19 of 20 fresh seeds (10-29, sign test
-# p < 0.001), the test fixed before those runs (README "Results on digits"); Table 1 runs both budgets.
+# digits fine-tunes its pretrained start as USB fine-tunes its ViT (lr 5e-4, layer decay 0.5, warm-up 5%); 500
+# iterations: FreeMatch's test accuracy has levelled off by then. ema_p 0.9: FreeMatch's thresholds average over
+# 1 / (1 - ema_p) steps, and 0.999 would keep them near their initial 1/C for a run this short. Budget 20, two
+# images per class (the paper's #200; #10 is its #100), by a test fixed before its runs. The measurements behind
+# each choice: docs/digits.md.
 
 
 class Parser(argparse.ArgumentParser):
@@ -135,8 +125,11 @@ def get_args(argv=None):
     a("--layer-decay", type=float, help="layer-wise lr decay (timm). Preset: 0.5 (digits --scratch: none)")
     a("--warmup", type=int, help="linear warm-up iterations. Preset: digits 25 (--scratch 75), others 5120")
     a("--amp", default="auto", choices=("auto", "none", "bf16", "fp16"),
-      help="mixed precision for the forward pass and the losses (FA's statistics and FreeMatch's EMAs stay float32); "
-           "auto: bf16 on a CUDA GPU that supports it, none otherwise (USB trains in float32); fp16 uses a GradScaler")
+      help="mixed precision for the forward pass and the losses (FA's statistics and FreeMatch's EMAs stay float32; "
+           "fp16 uses a GradScaler). auto = none: float32 on every device, as USB trains (amp: False). Measured "
+           "(bench.py train, s/it): on one H200 bf16 is slower without FA (0.035 against float32's 0.030, paper "
+           "setting) and faster with it (0.034 against 0.046); on 2 CPU cores slower (digits 0.066 / 0.106 against "
+           "0.052 / 0.075)")
     # run
     a("--seed", type=int, default=0, help="seed of the initial labeled set, the weights and the data order")
     a("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
@@ -172,9 +165,8 @@ def get_args(argv=None):
     check_flags(p, args)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.amp == "auto":
-        cuda = args.device.startswith("cuda") and torch.cuda.is_available()
-        args.amp = "bf16" if cuda and torch.cuda.is_bf16_supported() else "none"
+    if args.amp == "auto":  # the protocol the runs reproduce: float32 (bf16 / fp16 are one flag away)
+        args.amp = "none"
     if args.workers < 0:
         args.workers = 0 if args.device == "cpu" else 4
     if args.name is None:
@@ -212,34 +204,6 @@ def check_flags(p, args):
          f"--name {args.name!r} must be a file name, without folders")
 
 
-def check_run(args):
-    """What a flag names must exist and work, before any data is loaded: the device, the output folder, the model
-    and its weights (built once on the CPU). Raises DataError (one line, exit 2)."""
-    try:
-        dev = torch.device(args.device)
-    except (RuntimeError, ValueError):
-        raise D.DataError(f"--device {args.device!r} is not a device name (cpu, cuda, cuda:1, ...)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise D.DataError(f"--device {args.device}: no CUDA GPU is visible here (use --device cpu)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise D.DataError(f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-    elif dev.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise D.DataError(f"--device {args.device}: MPS is not available here (use --device cpu)")
-    elif dev.type != "cpu":
-        raise D.DataError(f"--device {args.device}: only cpu, cuda and mps devices are supported")
-    try:
-        os.makedirs(args.out, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=args.out):
-            pass
-    except OSError as e:
-        raise D.DataError(f"--out {args.out} can not be created or written to ({e.strerror}); choose another "
-                          f"folder") from None
-    C, size, _ = D.DATASETS[args.dataset]
-    build_model(args, C, size)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # model
 
@@ -262,54 +226,7 @@ def build_model(args, num_classes, img_size):
         raise D.DataError(f"timm could not fetch pretrained weights for {name} ({str(e).splitlines()[0][:120]}); "
                           f"run once with internet to fill the cache, or pass --weights FILE") from None
     if args.weights:
-        load_weights(model, weights_file(args.weights))
-    return model
-
-
-def weights_file(path):
-    """--weights as given, or, when it is relative and missing here, the same path in ssal.py's folder (so that the
-    digits preset works from any working folder)."""
-    alt = os.path.join(HERE, path)
-    return alt if not os.path.isfile(path) and not os.path.isabs(path) and os.path.isfile(alt) else path
-
-
-def load_weights(model, path):
-    """Load a local state dict into `model`: unwrap {'model'|'state_dict': ...}, strip 'module.' / 'backbone.'
-    prefixes, drop the classifier head, and let timm adapt a ViT (pos_embed resized to the model's token grid,
-    patch embedding resampled to its patch size). Prints missing / unexpected keys in one line."""
-    if not os.path.isfile(path):
-        raise D.DataError(f"--weights file not found: {path} (for CIFAR-100 get USB's "
-                          f"vit_small_patch2_32_mlp_im_1k_32.pth from the Semi-supervised-learning releases)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise D.DataError(f"--weights {path} is not a PyTorch checkpoint that loads ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:80] if str(e) else ''})") from None
-    for key in ("model", "state_dict", "ema_model"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not any(torch.is_tensor(v) for v in state.values()):
-        raise D.DataError(f"--weights {path} holds no state dict (a dict of tensors, or one under 'model' / "
-                          f"'state_dict')")
-    state = {k: v for k, v in state.items() if torch.is_tensor(v)}
-    state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
-    head = model.get_classifier()
-    head_keys = {n for n, p in model.named_parameters() if any(p is q for q in head.parameters())}
-    state = {k: v for k, v in state.items() if k not in head_keys and not k.startswith("head.")}
-    from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
-    if isinstance(model, VisionTransformer):
-        state = checkpoint_filter_fn(state, model)
-        state = {k: v for k, v in state.items() if k not in head_keys}
-    own = model.state_dict()
-    wrong = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
-    state = {k: v for k, v in state.items() if k not in wrong}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if len(state) == len(unexpected):  # a wrong file must not silently train from scratch
-        raise D.DataError(f"--weights {path} shares no tensor with --model (of its {len(state) + len(wrong)} "
-                          f"tensors, {len(wrong)} have the model's names but other shapes): is it for this model?")
-    print(f"loaded {path}: {len(state) - len(unexpected)} tensors; missing {list(missing)}; unexpected "
-          f"{list(unexpected)}" + (f"; other shapes, skipped {wrong}" if wrong else ""))
+        runstate.load_weights(model, runstate.weights_file(args.weights))
     return model
 
 
@@ -328,40 +245,6 @@ def cosine_lr(it, iters, warmup):
         return (it + 1) / warmup
     k = (it - warmup) / max(1, iters - warmup)
     return max(0.0, math.cos(7 * math.pi * k / 16))
-
-
-class RunLog:
-    """The training log <out>/<name>.log.jsonl: one JSON object a line, flushed at once (`tail -f` works).
-
-    {"event": "start", ...}                                   one per launch: name, rounds, iters, intervals
-    {"round": r, "iter": i, "lr": .., "L_l": .., ...}         every --log-every iterations: loss parts and mask
-                                                             ratio averaged since the previous line; lr and
-                                                             thresholds (tau, tau_min) as they are at iteration i
-    {"round": r, "iter": i, "test_acc": a}                    every --eval-every iterations and at the last one
-    {"event": "resume" | "reused", ...}                       a resumed run; a round 0 taken from round0/
-    round r: the training's index, 0 .. R-1 for the query rounds and R (= --rounds) for the final training.
-    """
-
-    def __init__(self, path, offset=None):
-        """A new log, or with `offset` the log of a resumed run, cut back to where its checkpoint was written (the
-        lines of the iterations after it are written again)."""
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        if offset is None or not os.path.isfile(path):
-            self.f = open(path, "w")
-        else:
-            self.f = open(path, "r+")
-            self.f.truncate(offset)
-            self.f.seek(offset)
-
-    def write(self, **rec):
-        self.f.write(json.dumps(rec) + "\n")
-        self.f.flush()
-
-    def tell(self):
-        return self.f.tell()
-
-    def close(self):
-        self.f.close()
 
 
 def build_optimizer(args, model):
@@ -394,9 +277,8 @@ def forward_losses(args, model, algo, queues, pos_of, batches, normalize):
     views = [lb["weak"]]  # x_lb
     if args.fa:
         views.append(lb["strong"])  # x_lb_s: FA's extra forward, fills Q_s
-    # Without FA the weak unlabeled view only gives pseudo-labels and the mask (detached in Eq. 2), so it is
-    # forwarded without a graph: the same values as USB's single forward of every view, with about a third less
-    # backward work. With FA, L_s (Eq. 12) and L_c (Eq. 18) differentiate through z_u_w: one forward of every view.
+    # Without FA, x_ulb_w only gives pseudo-labels and the mask (detached in Eq. 2): forwarded without a graph, it
+    # gives USB's values with a third less backward. FA's L_s and L_c differentiate through z_u_w: one forward.
     weak_apart = algo.uses_unlabeled and not args.fa
     if algo.uses_unlabeled:
         views += [batches[1]["strong"]] if weak_apart else [batches[1]["weak"], batches[1]["strong"]]
@@ -442,23 +324,6 @@ def setup_training(args, data, labeled):
     return SimpleNamespace(model=model, algo=algo, opt=opt, sched=sched, scaler=scaler, queues=queues, pos_of=pos_of)
 
 
-def training_streams(args, data, labeled, uses_unlabeled, start=0):
-    """The labeled stream (0), and the unlabeled one (1) over the whole training set, from iteration `start` on:
-    which images a draw takes, and their views, depend on (seed, stream, draw) only, so a resumed training picks
-    them up at draw start x batch."""
-    B, Bu, V = args.batch_size, args.batch_size * args.uratio, data.views
-    lb_views = {"weak": V["weak"], "strong": V["strong"]} if args.fa else {"weak": V["weak"]}
-    lb_set = D.Views(data.x_tr, data.y_tr, labeled, lb_views, view_seed=(args.seed, 0))
-    streams = [D.loader(lb_set, B, num_samples=args.iters * B, seed=D.mix_seed(args.seed, 0), workers=args.workers,
-                        start=start * B)]
-    if uses_unlabeled:
-        ulb_set = D.Views(data.x_tr, data.y_tr, np.arange(len(data.y_tr)), {"weak": V["weak"], "strong": V["strong"]},
-                          view_seed=(args.seed, 1))
-        streams.append(D.loader(ulb_set, Bu, num_samples=args.iters * Bu, seed=D.mix_seed(args.seed, 1),
-                                workers=args.workers, start=start * Bu))
-    return streams
-
-
 def train_step(args, tr, batches, normalize):
     """One iteration on a setup_training() `tr`: forward and losses under autocast, then backward, the AdamW step
     and the schedule's step, unless the loss is not finite (then no step is taken and lr is None). Returns the loss,
@@ -478,118 +343,76 @@ def train_step(args, tr, batches, normalize):
 
 def train(args, data, labeled, rnd, log=None, ck=None, resume=None):
     """Train a fresh model (same initial weights every call) on the labeled indices `labeled` with the SSL
-    algorithm and, with --fa, the FA losses. The SSL unlabeled stream is the whole training set. `rnd` is the
-    training's index (round r, or --rounds for the final training), used in the log.
-
-    The test set is evaluated every --eval-every iterations and at the last one, as USB does. Evaluation draws
-    no random numbers from the training's generators, so it does not change training (tested: the same weights
-    with and without it). With a checkpointer `ck`, the whole training state is saved every --ckpt-every
-    iterations; `resume` (such a state) continues from it exactly. A non-finite loss, or a SIGTERM / SIGUSR1,
-    raises Stop. Returns the model, the SSL algorithm (its state), the FA queues, and a record
-    {curve, acc_best, acc_last, test_acc (= acc_last), test_pred_hist (of the last evaluation), train_stats}."""
+    algorithm (+ FA); the unlabeled stream is the whole training set; `rnd` is the training's index in the log.
+    The test set is evaluated every --eval-every iterations and at the last one, as USB does (drawing no random
+    number training uses: tested). With a checkpointer `ck` the whole state is saved every --ckpt-every
+    iterations, and `resume` continues from such a state exactly. A non-finite loss or a signal raises Stop.
+    Returns the setup_training() namespace and the record {curve, acc_best, acc_last, test_acc (= acc_last),
+    test_pred_hist (of the last evaluation), train_stats, time_train}."""
     dev = torch.device(args.device)
     tr = setup_training(args, data, labeled)
-    model, algo, opt, sched, scaler, queues = tr.model, tr.algo, tr.opt, tr.sched, tr.scaler, tr.queues
-    # what a checkpoint holds besides the modules: iterations done, the curve, sums of the log window, time spent
+    model, algo = tr.model, tr.algo
+    # the loop's own state (in a checkpoint besides the modules): iterations done, the curve, the last test
+    # prediction histogram, the mask ratio's sum, time spent, and the log window's sums (win, n_win)
     S = dict(n=0, curve=[], hist=None, win={}, n_win=0, mask_sum=torch.zeros((), device=dev), time=0.0)
     if resume:
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["opt"])
-        sched.load_state_dict(resume["sched"])
-        scaler.load_state_dict(resume["scaler"])
-        algo.load_state_dict(resume["ssl"])
-        if queues:
-            queues.load_state_dict(resume["queues"])
-        S.update(resume["loop"])
-        set_rng_states(resume["rng"])
+        S.update(runstate.restore_training(tr, resume))
     start = S["n"]
-    streams = training_streams(args, data, labeled, algo.uses_unlabeled, start)
-    x_te = test_images(data, args)
-
-    def state():  # everything needed to continue exactly from here
-        return {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "scaler": scaler.state_dict(), "ssl": algo.state_dict(),
-                "queues": queues.state_dict() if queues else None,
-                "loop": {**S, "time": S["time"] + time.time() - t_run}, "rng": rng_states()}
-
+    streams = D.training_streams(data, labeled, args, algo.uses_unlabeled, start)
+    x_te = D.test_images(data, args.workers)  # uint8 [N_te, 3, H, W], once per training
     model.train()
     desc = f"{'final' if rnd == args.rounds else f'round {rnd}'} train ({len(labeled)} labels)"
     bar = tqdm(zip(*streams), total=args.iters, initial=start, desc=desc, mininterval=1, dynamic_ncols=True,
                disable=os.environ.get("SSAL_NO_BAR") == "1")
-    t_run = t_win = time.time()
-    n_timed, t_eval = 0, 0.0  # iterations timed in this window by this process, and evaluation time to leave out
+    t_run = time.time()
+    window = runstate.LogWindow(S.pop("win"), S.pop("n_win"))
     for it, batches in enumerate(bar, start=start):
         loss, terms, lr = train_step(args, tr, batches, data.normalize)
         if "mask" in terms:
             S["mask_sum"] += terms["mask"]
         if lr is None:  # diverged: no step was taken; the last checkpoint stays
             bar.close()
-            kept = f"; the last checkpoint stays in {ck.path}" if ck and os.path.isfile(ck.path) else ""
-            raise Stop(f"training diverged: non-finite loss at {training_name(rnd, args)}, iteration {it + 1} ("
-                       + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items()) + "): lower --lr and start "
-                       f"over with --no-resume{kept}", code=3)
+            raise runstate.diverged(args, rnd, it + 1, terms, ck)
         n = S["n"] = it + 1  # iterations done
-        for k, v in terms.items():  # summed as tensors: no device sync per iteration
-            S["win"][k] = S["win"].get(k, 0.0) + v
-        S["n_win"] += 1
-        n_timed += 1
-        if n % args.eval_every == 0 or n == args.iters:
+        window.add(terms)
+        if n % args.eval_every == 0 or n == args.iters:  # USB's periodic evaluation
             t0 = time.time()
             acc, S["hist"] = test_accuracy(model, x_te, data, args)
             model.train()
-            t_eval += time.time() - t0
+            window.leave_out(time.time() - t0)
             S["curve"].append({"iter": n, "acc": acc})
             if log:
                 log.write(round=rnd, iter=n, test_acc=acc)
         if n % args.log_every == 0 or n == args.iters:
-            rec = {k: float(v) / S["n_win"] for k, v in S["win"].items()}
-            sec = (time.time() - t_win - t_eval) / n_timed
+            rec, sec = window.flush()  # the loss parts and mask ratio averaged since the previous line
             if log:
                 log.write(round=rnd, iter=n, lr=lr, **rec, **algo.log(), sec_per_iter=sec)
-            bar.set_postfix({**{k: f"{v:.3f}" for k, v in rec.items()}, **{k: f"{v:.3f}" for k, v in algo.log().items()},
+            bar.set_postfix({**{k: f"{v:.3f}" for k, v in {**rec, **algo.log()}.items()},
                              "acc": f"{S['curve'][-1]['acc']:.3f}" if S["curve"] else "-"}, refresh=False)
-            S["win"], S["n_win"], n_timed, t_win, t_eval = {}, 0, 0, time.time(), 0.0
-        if ck and n < args.iters and (n % args.ckpt_every == 0 or STOP["signal"]):
-            ck.save(rnd, train=state())
-            if STOP["signal"]:
+        if ck and n < args.iters and (n % args.ckpt_every == 0 or runstate.STOP["signal"]):
+            loop = {**S, **window.state_dict(), "time": S["time"] + time.time() - t_run}
+            ck.save(rnd, train=runstate.training_state(tr, loop))
+            if runstate.STOP["signal"]:
                 bar.close()
-                raise Stop(ck.stopped(rnd, n), code=143)
+                raise runstate.Stop(ck.stopped(rnd, n), code=143)
     bar.close()
     curve = S["curve"]
     stats = {"mask_ratio": float(S["mask_sum"]) / max(1, args.iters) if algo.uses_unlabeled else None, **algo.log()}
     accs = [p["acc"] for p in curve]
     rec = {"curve": curve, "acc_best": max(accs), "acc_last": accs[-1], "test_acc": accs[-1],
            "test_pred_hist": S["hist"], "train_stats": stats, "time_train": S["time"] + time.time() - t_run}
-    return model, algo, queues, rec
+    return tr, rec
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # evaluation and features
-
-def view_tensor(dataset, args):
-    """Every item of a Views dataset under its (one) view, as uint8 [N, 3, H, W] in dataset order."""
-    return torch.cat([next(v for k, v in b.items() if k not in ("idx", "y"))
-                      for b in D.loader(dataset, 256, workers=args.workers)])
-
-
-class Batches:
-    """Normalised batches (x,) of a uint8 image tensor [N, 3, H, W], on the device, as often as iterated: the pool
-    that noise stability passes through 31 times reads views computed once, not once per pass."""
-
-    def __init__(self, x, normalize, args, size=256):
-        self.x, self.normalize, self.dev, self.size = x, normalize, torch.device(args.device), size
-
-    def __iter__(self):
-        for i in range(0, len(self.x), self.size):
-            yield (self.normalize(self.x[i:i + self.size].to(self.dev, non_blocking=True)),)
-
 
 @torch.no_grad()
 def run_model(model, x, data, args):
     """Features [N, d] and logits [N, C] of uint8 images x [N, 3, H, W], in order, model in eval mode."""
     model.eval()
     zs, ls = [], []
-    for (xb,) in Batches(x, data.normalize, args):
+    for (xb,) in D.Batches(x, data.normalize, args.device):
         with autocast(args):
             z, lg = features_and_logits(model, xb)
         zs.append(z.float())
@@ -597,14 +420,8 @@ def run_model(model, x, data, args):
     return torch.cat(zs), torch.cat(ls)
 
 
-def test_images(data, args):
-    """The test set's plain views, uint8 [N_te, 3, H, W]: computed once per training, read at every evaluation."""
-    return view_tensor(D.Views(data.x_te, data.y_te, np.arange(len(data.y_te)), {"plain": data.views["plain"]}), args)
-
-
 def test_accuracy(model, x, data, args):
-    """Top-1 accuracy on the test images x (test_images), and the histogram of predicted classes (a collapse
-    shows there)."""
+    """Top-1 accuracy on the test images x (D.test_images), and the histogram of the predicted classes."""
     _, logits = run_model(model, x, data, args)
     pred = logits.argmax(1).cpu()
     acc = (pred == torch.as_tensor(data.y_te)).sum().item() / len(data.y_te)
@@ -623,13 +440,14 @@ def select(args, data, model, labeled, rnd):
     if args.budget > len(pool):
         raise D.DataError(f"--budget {args.budget} is larger than the {len(pool)} images left in the pool")
     t0 = time.time()
-    x_pool = view_tensor(weak_view_set(data, pool, args, rnd), args)  # uint8 [N_p, 3, H, W], one fixed view each
-    feats_lb, _ = run_model(model, view_tensor(weak_view_set(data, labeled, args, rnd), args), data, args)  # [N_l, d]
+    x_pool = D.view_tensor(weak_view_set(data, pool, args, rnd), args.workers)  # uint8 [N_p, 3, H, W], fixed views
+    x_lb = D.view_tensor(weak_view_set(data, labeled, args, rnd), args.workers)  # uint8 [N_l, 3, H, W]
+    feats_lb, _ = run_model(model, x_lb, data, args)  # [N_l, d]
     feats_pool, _ = run_model(model, x_pool, data, args)  # [N_p, d]
     t1 = time.time()
     ctx = dict(feats_lb=feats_lb, labels_lb=torch.as_tensor(data.y_tr[labeled], device=feats_lb.device),
                feats_pool=feats_pool, head=model.get_classifier(), model=model,
-               pool_loader=Batches(x_pool, data.normalize, args), num_classes=data.num_classes, seed=args.seed + rnd)
+               pool_loader=D.Batches(x_pool, data.normalize, args.device), num_classes=data.num_classes, seed=args.seed + rnd)
     with torch.enable_grad():  # AlphaMix differentiates the head
         pos = np.asarray(al_strategies.select(args.al, args.budget, ctx))
     t2 = time.time()
@@ -637,154 +455,30 @@ def select(args, data, model, labeled, rnd):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# long runs: checkpoints, resume, stops
-
-class Stop(Exception):
-    """Ends a run with one line on stderr and an exit code: 3 when the loss diverged, 143 after a SIGTERM or SIGUSR1
-    (the run was checkpointed first: the same command resumes it). No result file is written."""
-
-    def __init__(self, msg, code):
-        super().__init__(msg)
-        self.code = code
-
-
-STOP = {"signal": None}  # set by the signal handler; training checkpoints and stops at the end of its iteration
-
-
-def rng_states():
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def set_rng_states(s):
-    torch.set_rng_state(s["torch"].cpu())
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
-    if s["cuda"] is not None and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([t.cpu() for t in s["cuda"]])
-
-
-# flags that do not change a run's result: everything else must match for a checkpoint to be resumed
-RUN_CONTROL = ("device", "workers", "out", "name", "reuse", "skip_existing", "resume", "data_dir", "download",
-               "log_every", "ckpt_every", "save_features")
-
-
-def result_flags(args):
-    return {k: v for k, v in vars(args).items() if k not in RUN_CONTROL}
-
-
-def training_name(rnd, args):
-    return "the final training" if rnd == args.rounds else f"round {rnd}"
-
-
-def checkpoint_path(args):
-    return os.path.join(args.out, "ckpt", f"{args.name}.pt")
-
-
-class Checkpointer:
-    """<out>/ckpt/<name>.pt, written atomically: the run so far (the result records of the finished rounds, the
-    labeled set, the training's index `rnd`, where the log ends) and `train`: the state of the training under way
-    (see train()), or {"done": True, model, record, rng} once it has ended and its selection is pending, or None
-    when training `rnd` has not started. Deleted once the result file is written."""
-
-    def __init__(self, args, res, labeled, log):
-        self.path = checkpoint_path(args)
-        self.args, self.res, self.labeled, self.log = args, res, labeled, log
-
-    def save(self, rnd, train=None):
-        atomic_save({"flags": result_flags(self.args), "rnd": rnd, "res": self.res, "labeled": self.labeled,
-                     "log_offset": self.log.tell(), "train": train}, self.path)
-
-    def stopped(self, rnd, n):
-        return (f"stopped by signal {STOP['signal']} at {training_name(rnd, self.args)}, iteration {n}; saved "
-                f"{self.path}: run the same command to resume")
-
-
-def load_checkpoint(path, args):
-    """The saved run, or None (none, or unreadable: one warning). Flags that change the result must match."""
-    if not os.path.isfile(path):
-        return None
-    try:
-        ck = torch.load(path, map_location=args.device, weights_only=False)
-        assert {"flags", "rnd", "res", "labeled", "log_offset", "train"} <= set(ck), "keys missing"
-    except Exception as e:  # a cut-short or foreign file
-        print(f"warning: checkpoint {path} is unreadable ({type(e).__name__}: {str(e)[:80]}); starting the run over",
-              file=sys.stderr)
-        return None
-    now = result_flags(args)
-    diff = [k for k in sorted(set(now) | set(ck["flags"])) if now.get(k) != ck["flags"].get(k)]
-    if diff:
-        d = ", ".join(f"--{k.replace('_', '-')} {ck['flags'].get(k)} -> {now.get(k)}" for k in diff[:4])
-        raise D.DataError(f"checkpoint {path} was written with other flags ({d}): rerun with its flags to resume "
-                          f"it, or pass --no-resume to start over")
-    return ck
-
-
-def _on_signal(signum, frame):
-    STOP["signal"] = signum
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# round-0 reuse and results
-
-ROUND0_FLAGS = ("dataset", "budget", "seed", "ssl", "fa", "lambda_s", "lambda_c", "queue_len", "p_cutoff", "ema_p",
-                "ent_loss_ratio", "lambda_u", "model", "pretrained", "weights", "iters", "batch_size", "uratio",
-                "lr", "weight_decay", "layer_decay", "warmup", "amp", "eval_every")  # eval_every: the saved curve
-
-
-def round0_path(args):
-    """Round 0 trains on the seeded initial set whatever --al is: key its checkpoint by every flag it reads."""
-    key = {k: getattr(args, k) for k in ROUND0_FLAGS}
-    if args.weights:  # the file's content, not only its name: a regenerated file must not reuse old rounds
-        with open(weights_file(args.weights), "rb") as f:
-            key["weights_sha1"] = hashlib.sha1(f.read()).hexdigest()
-    if not args.fa:  # FA weights do not matter without --fa
-        for k in ("lambda_s", "lambda_c", "queue_len"):
-            key.pop(k)
-    h = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return os.path.join(args.out, "round0", f"{args.dataset}-b{args.budget}-{args.ssl}{'-fa' if args.fa else ''}"
-                                            f"-s{args.seed}-{h}.pt")
-
-
-def atomic_save(obj, path, as_json=False):
-    """Write to a temporary file, then rename: a reader sees the old file or the new one, never half of one."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        if as_json:
-            with open(tmp, "w") as f:
-                json.dump(obj, f, indent=1)
-        else:
-            torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
+# Fig. 1's loop
 
 def train_round(args, data, labeled, rnd, log, ck=None, resume=None):
-    """Train for round `rnd`; round 0 is loaded from / saved to its shared checkpoint when --reuse (an unreadable
-    one is named in a warning and trained again). Returns the model and the round's record."""
-    path = round0_path(args) if rnd == 0 and args.reuse else None
+    """SSL training (+ FA) of round `rnd` on the labeled set. Round 0 does not depend on --al: with --reuse it is
+    loaded from / saved to <out>/round0/ (an unreadable file is named in a warning and trained again). A `resume`
+    state {"done": True, ...} is a training that ended before a stop: its model and record are returned as they
+    were. Returns the model and the training's record."""
+    if resume and resume.get("done"):
+        model = build_model(args, data.num_classes, data.size).to(args.device)
+        model.load_state_dict(resume["model"])
+        runstate.set_rng_states(resume["rng"])
+        return model, resume["record"]
+    path = runstate.round0_path(args) if rnd == 0 and args.reuse else None
     if path and os.path.isfile(path):
-        try:
-            cached = torch.load(path, map_location=args.device, weights_only=False)
-            model = build_model(args, data.num_classes, data.size).to(args.device)
-            model.load_state_dict(cached["model"])
-            rec = cached["record"]
-        except Exception as e:
-            print(f"warning: round-0 checkpoint {path} is unreadable ({type(e).__name__}); training round 0 again",
-                  file=sys.stderr)
-        else:
+        model = build_model(args, data.num_classes, data.size).to(args.device)
+        rec = runstate.load_round0(path, model)
+        if rec is not None:
             print(f"round 0: reusing {path}")
             log.write(event="reused", round=0, path=path)
             return model, {**rec, "reused": True, "time_train": 0.0}
-    model, algo, queues, rec = train(args, data, labeled, rnd, log, ck, resume)
+    tr, rec = train(args, data, labeled, rnd, log, ck, resume)
     if path:
-        atomic_save({"model": model.state_dict(), "ssl": algo.state_dict(), "record": rec,
-                     "queues": queues.state_dict() if queues else None,
-                     "config": {k: getattr(args, k) for k in ROUND0_FLAGS}}, path)
-    return model, rec
+        runstate.save_round0(path, tr, rec, args)
+    return tr.model, rec
 
 
 def main(argv=None):
@@ -793,46 +487,33 @@ def main(argv=None):
     if args.skip_existing and os.path.isfile(path):
         print(f"{path} exists: skipped")
         return json.load(open(path))
-    check_run(args)  # device, output folder, model and weights: before any data is loaded
-    saved = load_checkpoint(checkpoint_path(args), args) if args.resume else None
+    runstate.check_device_and_out(args)  # what a flag names must exist and work before any data is loaded:
+    build_model(args, *D.DATASETS[args.dataset][:2])  # the model and its weights, built once on the CPU
+    saved = runstate.load_checkpoint(runstate.checkpoint_path(args), args) if args.resume else None
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     data = D.Data(args.dataset, args.data_dir, args.download)
-    labeled = D.initial_split(data.y_tr, args.budget, data.num_classes, args.seed)
+    labeled = D.initial_split(data.y_tr, args.budget, data.num_classes, args.seed)  # L_0: budget / C per class
     if args.budget * (args.rounds + 1) > len(data.y_tr):
         raise D.DataError(f"--budget {args.budget} x (--rounds {args.rounds} + 1) is more than the "
                           f"{len(data.y_tr)} training images")
     print(f"{args.name}: {len(data.y_tr)} train / {len(data.y_te)} test images, {data.num_classes} classes, "
           f"{len(labeled)} initial labels, device {args.device}")
-    rnd0, state = 0, None
-    if saved:
-        res, labeled, rnd0, state = saved["res"], np.asarray(saved["labeled"]), saved["rnd"], saved["train"]
-        where = "selection" if state and state.get("done") else f"iteration {state['loop']['n'] if state else 0}"
-        print(f"resuming {args.name}: {training_name(rnd0, args)}, {where}")
-    else:
-        res = {"config": vars(args).copy(), "rounds": []}
-    log = RunLog(os.path.join(args.out, f"{args.name}.log.jsonl"), offset=saved["log_offset"] if saved else None)
-    log.write(event="resume" if saved else "start", name=args.name, rounds=args.rounds, iters=args.iters,
-              eval_every=args.eval_every, log_every=args.log_every, time=time.strftime("%Y-%m-%d %H:%M:%S"))
-    ck = Checkpointer(args, res, labeled, log)
-    STOP["signal"] = None
-    sigs = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s is not None]
-    old = {s: signal.signal(s, _on_signal) for s in sigs}
-    try:
+    res, labeled, rnd0, state, log = runstate.open_run(args, saved, labeled)  # new, or where a stopped run was
+    ck = runstate.Checkpointer(args, res, labeled, log)
+    stopped = lambda rnd, after="": runstate.Stop(ck.stopped(rnd, args.iters) + after, code=143)  # noqa: E731
+    with runstate.stop_on_signals(), contextlib.closing(log):
         for rnd in range(rnd0, args.rounds + 1):  # the query rounds, then the final training (rnd = --rounds)
             resume = state if rnd == rnd0 else None
-            if resume and resume.get("done"):  # trained before the stop: its selection (or the result) is pending
-                model = build_model(args, data.num_classes, data.size).to(args.device)
-                model.load_state_dict(resume["model"])
-                rec = resume["record"]
-                set_rng_states(resume["rng"])
-            else:
-                model, rec = train_round(args, data, labeled, rnd, log, ck, resume)
-                ck.save(rnd, train={"done": True, "model": model.state_dict(), "record": rec, "rng": rng_states()})
-            if STOP["signal"]:
-                raise Stop(ck.stopped(rnd, args.iters), code=143)
+            model, rec = train_round(args, data, labeled, rnd, log, ck, resume)  # SSL training (+ FA) on L_r
+            if not (resume and resume.get("done")):  # trained now: a stop from here on resumes at the selection
+                ck.save(rnd, train={"done": True, "model": model.state_dict(), "record": rec,
+                                    "rng": runstate.rng_states()})
+            if runstate.STOP["signal"]:
+                raise stopped(rnd)
             if rnd == args.rounds:
                 break
+            # AL selection on the weak-view features: L_{r+1} = L_r + budget pool images
             sel, t_feat, t_sel = select(args, data, model, labeled, rnd)
             assert len(np.unique(sel)) == args.budget and not np.isin(sel, labeled).any()
             res["rounds"].append({
@@ -845,39 +526,25 @@ def main(argv=None):
                   f"features + {t_sel:.1f}s select")
             labeled = ck.labeled = np.sort(np.concatenate([labeled, sel]))
             ck.save(rnd + 1)  # selection done: the next training starts from iteration 0
-            if STOP["signal"]:
-                raise Stop(ck.stopped(rnd, args.iters) + " (after the selection)", code=143)
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        log.close()
+            if runstate.STOP["signal"]:
+                raise stopped(rnd, " (after the selection)")
+    # the test accuracy of the final training: final_acc, its last evaluation (what a user without a test set
+    # gets); final_best_acc, the best of its curve (USB's reported number, selected on the test set)
     acc = rec["acc_last"]
-    # final_acc: the last evaluation (what a user without a test set gets); final_best_acc: the best of the curve
-    # (USB's reported number, selected on the test set)
     res.update(final={"num_labeled": len(labeled), **rec}, final_acc=acc, final_best_acc=rec["acc_best"],
                time_total=sum(r["time_train"] + r["time_features"] + r["time_select"] for r in res["rounds"])
                + rec["time_train"])
     if args.save_features:  # Fig. 3: final-model features of the images still unlabeled, one weak view each
         pool = D.pool_of(len(data.y_tr), labeled)
-        z, _ = run_model(model, view_tensor(weak_view_set(data, pool, args, args.rounds), args), data, args)
+        z, _ = run_model(model, D.view_tensor(weak_view_set(data, pool, args, args.rounds), args.workers), data, args)
         np.savez_compressed(os.path.join(args.out, f"{args.name}.features.npz"), feats=z.cpu().numpy(),
                             labels=data.y_tr[pool], idx=pool)
-    atomic_save(res, path, as_json=True)
-    for f in glob.glob(glob.escape(ck.path) + "*"):  # the checkpoint, and a temporary file a kill left half-written
-        os.remove(f)
-    if os.path.isdir(os.path.dirname(ck.path)) and not os.listdir(os.path.dirname(ck.path)):
-        os.rmdir(os.path.dirname(ck.path))
+    runstate.atomic_save(res, path, as_json=True)
+    ck.remove()
     print(f"final: {len(labeled)} labels, test accuracy {acc:.4f} ({100 * acc:.2f}%), best {rec['acc_best']:.4f} "
           f"at iteration {max(rec['curve'], key=lambda p: p['acc'])['iter']}; wrote {path}")
     return res
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except D.DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except Stop as e:
-        print(f"{'error' if e.code == 3 else 'stopped'}: {e}", file=sys.stderr)
-        sys.exit(e.code)
+    runstate.exit_on_errors(main)  # a user's mistake: one line, exit 2; a divergence 3; a stop by a signal 143

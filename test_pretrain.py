@@ -11,6 +11,7 @@ import torch
 
 import data as D
 import pretrain as P
+import runstate
 import ssal
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -122,6 +123,6 @@ def test_scratch_conflicts_and_round0_key_follows_the_file(tmp_path, capsys):
     w = tmp_path / "w.pt"
     torch.save({"a": torch.zeros(1)}, w)
     args = ssal.get_args(["--weights", str(w), "--out", str(tmp_path)])
-    k1 = ssal.round0_path(args)
+    k1 = runstate.round0_path(args)
     torch.save({"a": torch.ones(1)}, w)  # regenerated weights: the cached round 0 must not be reused
-    assert ssal.round0_path(args) != k1
+    assert runstate.round0_path(args) != k1

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+import runstate
 import ssal
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -101,7 +102,7 @@ def test_load_weights_resizes_grid_and_drops_head(tmp_path):
     dst = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, embed_dim=24, depth=1, num_heads=2,
                             num_classes=3)
     head_before = dst.head.weight.clone()
-    ssal.load_weights(dst, str(path))
+    runstate.load_weights(dst, str(path))
     assert torch.equal(dst.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
     assert torch.equal(dst.head.weight, head_before)  # the head is fresh, not the 7-class one
     assert dst.pos_embed.shape == (1, 1 + 8 * 8, 24)
@@ -146,7 +147,8 @@ def test_evaluation_does_not_change_training():
     for every in (1, 1000):
         args = ssal.get_args([*TINY, "--iters", "6", "--fa", "--eval-every", str(every)])
         torch.manual_seed(args.seed)
-        model, _, _, rec = ssal.train(args, data, labeled, 0)
+        tr, rec = ssal.train(args, data, labeled, 0)
+        model = tr.model
         out[every] = (model.state_dict(), rec)
     (w1, r1), (w2, r2) = out[1], out[1000]
     assert [p["iter"] for p in r1["curve"]] == [1, 2, 3, 4, 5, 6] and [p["iter"] for p in r2["curve"]] == [6]
@@ -406,7 +408,7 @@ def test_weights_sharing_no_tensor_are_refused(tmp_path):
     torch.save({"state_dict": model.state_dict()}, good)
     other = ssal.build_model(ssal.get_args(["--scratch", "--seed", "1"]), 10, 32)
     assert not torch.equal(other.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
-    ssal.load_weights(other, str(good))
+    runstate.load_weights(other, str(good))
     assert torch.equal(other.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
 
 
@@ -418,7 +420,7 @@ def test_bf16_training_runs_close_to_float32(tmp_path):
     lines = {}
     for amp in ("none", "bf16"):
         args = ssal.get_args([*TINY, "--iters", "3", "--log-every", "1", "--fa", "--amp", amp])
-        log = ssal.RunLog(str(tmp_path / f"{amp}.jsonl"))
+        log = runstate.RunLog(str(tmp_path / f"{amp}.jsonl"))
         ssal.train(args, data, labeled, 0, log)
         log.close()
         lines[amp] = [json.loads(x) for x in open(tmp_path / f"{amp}.jsonl") if '"L_l"' in x]
@@ -454,3 +456,13 @@ def test_weak_view_without_graph_gives_the_single_forward_gradients(ssl):
     assert 0 < terms["mask"] <= 1  # some pseudo-labels pass, so L_u has a gradient
     for n, p in model.named_parameters():
         assert torch.allclose(g1[n], p.grad, atol=1e-6, rtol=1e-4), n
+
+
+def test_amp_auto_is_float32_even_on_a_bf16_gpu(monkeypatch):
+    """--amp auto reproduces USB's protocol (amp: False): float32 wherever it runs, also where bf16 would be
+    available; bf16 stays one flag away."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert ssal.get_args(["--device", "cuda"]).amp == "none"
+    assert ssal.get_args(["--device", "auto"]).amp == "none"
+    assert ssal.get_args(["--device", "cuda", "--amp", "bf16"]).amp == "bf16"
