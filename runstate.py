@@ -1,6 +1,6 @@
 """Run machinery of ssal.py, kept out of the file that shows the algorithm: the training log, atomic writes, RNG
 states, checkpoints and resume, --weights files, the round-0 cache, signals and `Stop`, and the checks of the
-device and the output folder. Nothing here changes what a run computes; it saves, restores and reports it.
+flags' values, the device and the output folder. Nothing here changes what a run computes; it saves, restores and reports it.
 
     <out>/<name>.json            the result (atomic_save, as JSON)
     <out>/<name>.log.jsonl       the training log (RunLog)
@@ -12,6 +12,7 @@ import contextlib
 import glob
 import hashlib
 import json
+import math
 import os
 import random
 import signal
@@ -77,6 +78,36 @@ def atomic_save(obj, path, as_json=False):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def check_flags(args, error):
+    """Every value a flag of ssal.py can take wrongly, as one line through `error` (the parser's: exit 2) before any
+    work starts."""
+    def need(ok, msg):
+        if not ok:
+            error(msg)
+
+    flag = lambda k: "--" + k.replace("_", "-")  # noqa: E731
+    for k in ("iters", "batch_size", "uratio", "rounds", "queue_len", "budget", "eval_every", "log_every",
+              "ckpt_every"):
+        need(getattr(args, k) >= 1, f"{flag(k)} must be at least 1, not {getattr(args, k)}")
+    need(args.warmup >= 0, f"--warmup must be at least 0, not {args.warmup}")
+    need(args.probe >= 0, f"--probe must be at least 0 (0: off), not {args.probe}")
+    need(args.seed >= 0, f"--seed must be at least 0, not {args.seed}")
+    need(args.workers >= -1, f"--workers must be -1 (automatic) or at least 0, not {args.workers}")
+    need(math.isfinite(args.lr) and args.lr > 0, f"--lr must be a finite number above 0, not {args.lr}")
+    for k in ("weight_decay", "lambda_s", "lambda_c", "lambda_u", "ent_loss_ratio"):
+        v = getattr(args, k)
+        need(math.isfinite(v) and v >= 0, f"{flag(k)} must be a finite number of at least 0, not {v}")
+    need(args.layer_decay is None or 0 < args.layer_decay <= 1, f"--layer-decay must be in (0, 1], not {args.layer_decay}")
+    need(0 < args.p_cutoff <= 1, f"--p-cutoff must be in (0, 1], not {args.p_cutoff}")
+    need(0 <= args.ema_p < 1, f"--ema-p must be in [0, 1), not {args.ema_p}")
+    C = D.DATASETS[args.dataset][0]
+    need(args.budget % C == 0, f"--budget {args.budget} must be a positive multiple of the {C} classes "
+                               f"(the initial set takes budget / classes images per class)")
+    need(not (args.fa and args.ssl == "supervised"), "--fa needs unlabeled data: use it with --ssl fixmatch or freematch")
+    need(args.name is None or (args.name.strip(". ") and not set(args.name) & {"/", "\\", os.sep}),
+         f"--name {args.name!r} must be a file name, without folders")
 
 
 def check_device_and_out(args):
@@ -347,7 +378,7 @@ def load_weights(model, path):
 
 ROUND0_FLAGS = ("dataset", "budget", "seed", "ssl", "fa", "lambda_s", "lambda_c", "queue_len", "p_cutoff", "ema_p",
                 "ent_loss_ratio", "lambda_u", "model", "pretrained", "weights", "iters", "batch_size", "uratio",
-                "lr", "weight_decay", "layer_decay", "warmup", "amp", "eval_every")  # eval_every: the saved curve
+                "lr", "weight_decay", "layer_decay", "warmup", "amp", "eval_every", "probe")  # the saved curves
 
 
 def round0_path(args):

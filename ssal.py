@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 import al_strategies
 import data as D
+import diagnostics as G
 import fa
 import runstate
 import ssl_algos
@@ -57,13 +58,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # weight decay 5e-4, batch 8, uratio 1, 204,800 iterations with 5,120 warm-up). digits is CPU-sized.
 PRESETS = {
     "digits": dict(model="vit_tiny_digits", weights=DIGITS_WEIGHTS, budget=20, iters=500, batch_size=16, uratio=3,
-                   lr=5e-4, weight_decay=5e-4, layer_decay=0.5, warmup=25, ema_p=0.9, eval_every=50, log_every=25),
+                   lr=5e-4, weight_decay=5e-4, layer_decay=0.5, warmup=25, ema_p=0.9, eval_every=50, log_every=25,
+                   probe=500),
     "cifar100": dict(model="vit_small_patch2_32", weights=None, budget=100, iters=204800, batch_size=8, uratio=1,
                      lr=5e-4, weight_decay=5e-4, layer_decay=0.5, warmup=5120, ema_p=0.999, eval_every=2048,
-                     log_every=256),
+                     log_every=256, probe=2000),
     "tinyimagenet": dict(model="vit_small_patch4_64", weights=None, budget=200, iters=204800, batch_size=8, uratio=1,
                          lr=5e-4, weight_decay=5e-4, layer_decay=0.5, warmup=5120, ema_p=0.999, eval_every=2048,
-                         log_every=256),
+                         log_every=256, probe=2000),
 }
 # --scratch: the digits regime before the pretrained start (a random initialisation needs 3x the iterations)
 SCRATCH_PRESETS = {"digits": dict(weights=None, budget=10, iters=1500, lr=1e-3, layer_decay=None, warmup=75,
@@ -149,6 +151,9 @@ def get_args(argv=None):
     a("--reuse", action=argparse.BooleanOptionalAction, default=True,
       help="reuse a round-0 model trained with the same flags (it does not depend on --al)")
     a("--skip-existing", action="store_true", help="do nothing if <out>/<name>.json exists (resumable grids)")
+    a("--probe", type=int, help="measure the paper's FA quantities (diagnostics.py) at every evaluation on N training "
+                                "images, their labels read for the measures only; 0 turns it off. Preset: digits "
+                                "500, others 2000")
     a("--save-features", action="store_true", help="also write <out>/<name>.features.npz: the final model's "
                                                    "features and labels of the unlabeled pool (for the t-SNE of Fig. 3)")
     args = p.parse_args(argv)
@@ -162,7 +167,7 @@ def get_args(argv=None):
             setattr(args, k, v)
     if args.ckpt_every is None:
         args.ckpt_every = args.eval_every
-    check_flags(p, args)
+    runstate.check_flags(args, p.error)  # every value a flag can take wrongly: one line, exit 2
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.amp == "auto":  # the protocol the runs reproduce: float32 (bf16 / fp16 are one flag away)
@@ -174,34 +179,6 @@ def get_args(argv=None):
         start = "-scratch" if args.scratch and PRESETS[args.dataset]["weights"] else ""
         args.name = f"{args.dataset}{start}-b{args.budget}-{args.ssl}{fa_tag}-{args.al}-r{args.rounds}-s{args.seed}"
     return args
-
-
-def check_flags(p, args):
-    """Every value a flag can take wrongly, as one line (exit 2) before any work starts."""
-    def need(ok, msg):
-        if not ok:
-            p.error(msg)
-
-    flag = lambda k: "--" + k.replace("_", "-")  # noqa: E731
-    for k in ("iters", "batch_size", "uratio", "rounds", "queue_len", "budget", "eval_every", "log_every",
-              "ckpt_every"):
-        need(getattr(args, k) >= 1, f"{flag(k)} must be at least 1, not {getattr(args, k)}")
-    need(args.warmup >= 0, f"--warmup must be at least 0, not {args.warmup}")
-    need(args.seed >= 0, f"--seed must be at least 0, not {args.seed}")
-    need(args.workers >= -1, f"--workers must be -1 (automatic) or at least 0, not {args.workers}")
-    need(math.isfinite(args.lr) and args.lr > 0, f"--lr must be a finite number above 0, not {args.lr}")
-    for k in ("weight_decay", "lambda_s", "lambda_c", "lambda_u", "ent_loss_ratio"):
-        v = getattr(args, k)
-        need(math.isfinite(v) and v >= 0, f"{flag(k)} must be a finite number of at least 0, not {v}")
-    need(args.layer_decay is None or 0 < args.layer_decay <= 1, f"--layer-decay must be in (0, 1], not {args.layer_decay}")
-    need(0 < args.p_cutoff <= 1, f"--p-cutoff must be in (0, 1], not {args.p_cutoff}")
-    need(0 <= args.ema_p < 1, f"--ema-p must be in [0, 1), not {args.ema_p}")
-    C = D.DATASETS[args.dataset][0]
-    need(args.budget % C == 0, f"--budget {args.budget} must be a positive multiple of the {C} classes "
-                               f"(the initial set takes budget / classes images per class)")
-    need(not (args.fa and args.ssl == "supervised"), "--fa needs unlabeled data: use it with --ssl fixmatch or freematch")
-    need(args.name is None or (args.name.strip(". ") and not set(args.name) & {"/", "\\", os.sep}),
-         f"--name {args.name!r} must be a file name, without folders")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -354,12 +331,15 @@ def train(args, data, labeled, rnd, log=None, ck=None, resume=None):
     model, algo = tr.model, tr.algo
     # the loop's own state (in a checkpoint besides the modules): iterations done, the curve, the last test
     # prediction histogram, the mask ratio's sum, time spent, and the log window's sums (win, n_win)
-    S = dict(n=0, curve=[], hist=None, win={}, n_win=0, mask_sum=torch.zeros((), device=dev), time=0.0)
+    S = dict(n=0, curve=[], diag_curve=[], hist=None, win={}, n_win=0, mask_sum=torch.zeros((), device=dev),
+             time=0.0, time_probe=0.0)
     if resume:
         S.update(runstate.restore_training(tr, resume))
     start = S["n"]
     streams = D.training_streams(data, labeled, args, algo.uses_unlabeled, start)
     x_te = D.test_images(data, args.workers)  # uint8 [N_te, 3, H, W], once per training
+    probe = G.Probe(data, args.probe, args.seed, labeled, args.queue_len, args.workers, S["time_probe"]) \
+        if args.probe else None
     model.train()
     desc = f"{'final' if rnd == args.rounds else f'round {rnd}'} train ({len(labeled)} labels)"
     bar = tqdm(zip(*streams), total=args.iters, initial=start, desc=desc, mininterval=1, dynamic_ncols=True,
@@ -381,8 +361,13 @@ def train(args, data, labeled, rnd, log=None, ck=None, resume=None):
             model.train()
             window.leave_out(time.time() - t0)
             S["curve"].append({"iter": n, "acc": acc})
+            diag = probe and probe.measure(lambda x: run_model(model, x, data, args), model.get_classifier().weight,
+                                           algo.threshold)  # the paper's FA quantities (diagnostics.py)
+            model.train()
+            if diag:
+                S["diag_curve"].append({"iter": n, **diag})
             if log:
-                log.write(round=rnd, iter=n, test_acc=acc)
+                log.write(round=rnd, iter=n, test_acc=acc, **({"probe": diag} if diag else {}))
         if n % args.log_every == 0 or n == args.iters:
             rec, sec = window.flush()  # the loss parts and mask ratio averaged since the previous line
             if log:
@@ -390,7 +375,8 @@ def train(args, data, labeled, rnd, log=None, ck=None, resume=None):
             bar.set_postfix({**{k: f"{v:.3f}" for k, v in {**rec, **algo.log()}.items()},
                              "acc": f"{S['curve'][-1]['acc']:.3f}" if S["curve"] else "-"}, refresh=False)
         if ck and n < args.iters and (n % args.ckpt_every == 0 or runstate.STOP["signal"]):
-            loop = {**S, **window.state_dict(), "time": S["time"] + time.time() - t_run}
+            loop = {**S, **window.state_dict(), "time": S["time"] + time.time() - t_run,
+                    "time_probe": probe.seconds if probe else 0.0}
             ck.save(rnd, train=runstate.training_state(tr, loop))
             if runstate.STOP["signal"]:
                 bar.close()
@@ -401,6 +387,9 @@ def train(args, data, labeled, rnd, log=None, ck=None, resume=None):
     accs = [p["acc"] for p in curve]
     rec = {"curve": curve, "acc_best": max(accs), "acc_last": accs[-1], "test_acc": accs[-1],
            "test_pred_hist": S["hist"], "train_stats": stats, "time_train": S["time"] + time.time() - t_run}
+    if probe:
+        rec.update(diag_curve=S["diag_curve"], time_probe=probe.seconds)
+    rec["collapsed"] = G.collapsed(S["hist"], runstate.training_name(rnd, args))  # one class for >= 90%: warned
     return tr, rec
 
 

@@ -34,6 +34,10 @@ class Supervised:
     def log(self):
         return {}
 
+    def threshold(self, probs):
+        """No threshold: supervised training reads no pseudo-label."""
+        return None
+
     def state_dict(self):
         return {}
 
@@ -50,10 +54,14 @@ class FixMatch:
 
     def unlabeled_loss(self, logits_w, logits_s):
         probs = torch.softmax(logits_w.detach().float(), dim=-1)  # [B_u, C] q(x) in Eq. 2
-        max_p, pseudo_label = probs.max(dim=-1)  # [B_u]
-        mask = (max_p >= self.p_cutoff).float()  # 1[max q >= tau]
+        pseudo_label = probs.argmax(dim=-1)  # [B_u]
+        mask = self.threshold(probs).float()  # 1[max q >= tau]
         loss = masked_consistency_loss(logits_s, pseudo_label, mask)
         return loss, mask, {"L_u": loss.detach()}
+
+    def threshold(self, probs):
+        """The mask of Eq. 2 for weak-view probabilities probs [B, C]: max q >= tau, bool [B]."""
+        return probs.max(dim=-1).values >= self.p_cutoff
 
     def log(self):
         return {"tau": self.p_cutoff}
@@ -130,9 +138,8 @@ class FreeMatch:
     def unlabeled_loss(self, logits_w, logits_s):
         probs = torch.softmax(logits_w.detach().float(), dim=-1)  # [B_u, C]; float32 EMAs, also under --amp
         self.update(probs)
-        max_p, pseudo_label = probs.max(dim=-1)
-        tau_c = self.time_p * self.p_model / self.p_model.max()  # [C] self-adaptive class thresholds
-        mask = (max_p >= tau_c[pseudo_label]).float()
+        pseudo_label = probs.argmax(dim=-1)
+        mask = self.threshold(probs).float()
         loss_u = masked_consistency_loss(logits_s, pseudo_label, mask)
         parts = {"L_u": loss_u.detach()}
         if self.ent_loss_ratio > 0:
@@ -141,6 +148,14 @@ class FreeMatch:
             loss_u = loss_u + self.ent_loss_ratio * fair
             parts["fairness"] = fair.detach()
         return loss_u, mask, parts
+
+    def threshold(self, probs):
+        """The mask for weak-view probabilities probs [B, C] under the current estimates (no EMA step): bool [B],
+        max p >= tau_t(argmax p) with the self-adaptive class thresholds tau_t(c) = time_p * p_model[c] / max p_model."""
+        p_model = self.p_model.to(probs.device)
+        tau_c = self.time_p.to(probs.device) * p_model / p_model.max()  # [C]
+        max_p, pseudo_label = probs.max(dim=-1)
+        return max_p >= tau_c[pseudo_label]
 
     def log(self):
         tau_c = self.time_p * self.p_model / self.p_model.max()
