@@ -25,13 +25,12 @@ import glob
 import json
 import math
 import os
-import sys
 from collections import defaultdict
 
 import numpy as np
 
-SELECTORS = ("random", "coreset", "alphamix", "activeft", "noise")
-HEAD = ("Random", "CoreSet", "AlpMix", "ActFT", "Noise")
+from figures import HEAD, SELECTORS, curves, fig2, fig3, seeds_label
+
 
 # The paper's Table 1 (accuracy %, mean of 3 trials): rows Supervised, FixMatch, +FA, FreeMatch, +FA;
 # columns Random, CoreSet, AlpMix, ActFT, Noise (None: no cell in the paper).
@@ -61,6 +60,9 @@ METRICS = {  # the accuracy of a run: --metric
 ROUND_KEY = {"best": "acc_best", "last": "acc_last"}  # a training record's accuracy under each metric
 MARK = "†"
 NOTE = f"{MARK} some runs of this cell have no curve (written before periodic evaluation): last accuracy used."
+COLLAPSED = "‡"
+COLLAPSED_NOTE = (f"{COLLAPSED} a run of this cell holds a collapsed training (its last evaluation predicts one class "
+                  f"for at least 90% of the test images): see 'Collapsed trainings'.")
 
 
 def one_round_results(folder):
@@ -102,8 +104,9 @@ def seed_lists(seeded):
     return {k: [v[s] for s in sorted(v)] for k, v in seeded.items()}
 
 
-def fmt(v, paper=None, marked=False):
-    """mean ± sample std (n=...) of the values v, the dagger if marked, then [the paper's value]."""
+def fmt(v, paper=None, marked=False, collapsed=False):
+    """mean ± sample std (n=...) of the values v, the dagger if marked, the double dagger if a run collapsed, then
+    [the paper's value]."""
     if not v:
         s = "missing"
     else:
@@ -111,12 +114,13 @@ def fmt(v, paper=None, marked=False):
         s = f"{np.mean(v):.2f}" + (f" ± {np.std(v, ddof=1):.2f}" if len(v) > 1 else "")
         s += "" if len(v) == 3 else f" (n={len(v)})"
         s += f" {MARK}" if marked else ""
+        s += f" {COLLAPSED}" if collapsed else ""
     return s if paper is None else f"{s} [{paper:.2f}]"
 
 
 def with_note(md):
-    """A Markdown table, with the dagger's explanation under it when one of its cells is marked."""
-    return md + (f"\n\n{NOTE}" if MARK in md else "")
+    """A Markdown table, with the daggers' explanations under it when one of its cells is marked."""
+    return md + (f"\n\n{NOTE}" if MARK in md else "") + (f"\n\n{COLLAPSED_NOTE}" if COLLAPSED in md else "")
 
 
 def avg(cells, keys):
@@ -125,8 +129,9 @@ def avg(cells, keys):
     return float(np.mean(vals)) if len(vals) == len(keys) else None
 
 
-def table1(cells, settings, fa_variant, marked=frozenset()):
-    """Table 1 as Markdown; cells whose key is in marked get the dagger (an Avg when one of its cells does)."""
+def table1(cells, settings, fa_variant, marked=frozenset(), collapsed=frozenset()):
+    """Table 1 as Markdown; cells whose key is in marked get the dagger (an Avg when one of its cells does), those
+    in collapsed the double dagger."""
     lines = ["| Setting | Method | " + " | ".join(HEAD) + " | Avg |", "|---" * (len(HEAD) + 3) + "|"]
     for ds, b in settings:
         paper = PAPER_T1.get((ds, b))
@@ -144,7 +149,7 @@ def table1(cells, settings, fa_variant, marked=frozenset()):
                 if name == "+ FA" and j == 0:
                     out.append("-")  # the paper has no Random column with FA
                     continue
-                out.append(fmt(cells.get(key), paper[pk][j] if paper else None, key in marked))
+                out.append(fmt(cells.get(key), paper[pk][j] if paper else None, key in marked, key in collapsed))
             a = avg(cells, keys[1:])
             gain = "(-)" if name == "Supervised" else ("" if a is None or sup_avg is None else f"({a - sup_avg:+.2f})")
             pa = np.mean(paper[pk][1:]) if paper else None
@@ -154,13 +159,14 @@ def table1(cells, settings, fa_variant, marked=frozenset()):
     return "\n".join(lines)
 
 
-def table2(cells, setting, fa_variant, ls_variant, marked=frozenset()):
+def table2(cells, setting, fa_variant, ls_variant, marked=frozenset(), collapsed=frozenset()):
     ds, b = setting
     paper = PAPER_T2 if setting == ("cifar100", 100) else None
     lines = ["| Method | " + " | ".join(HEAD[1:]) + " |", "|---" * (len(HEAD)) + "|"]
     for i, (name, var) in enumerate((("FreeMatch", "none"), ("+ L_s", ls_variant), ("+ L_s + L_c", fa_variant))):
         row = [fmt(cells.get((ds, b, "freematch", var, al)), paper[i][j] if paper else None,
-                   (ds, b, "freematch", var, al) in marked) for j, al in enumerate(SELECTORS[1:])]
+                   (ds, b, "freematch", var, al) in marked, (ds, b, "freematch", var, al) in collapsed)
+               for j, al in enumerate(SELECTORS[1:])]
         lines.append(f"| {name} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -238,6 +244,58 @@ def crowding_table(by_k, drops):
     for name, a0, a1, h, lost in drops:
         less = "-" if lost is None else f"{lost[0]}: {lost[1]} -> {lost[2]}"
         lines.append(f"| {name} | {a0:.1f} -> {a1:.1f} | {' '.join(map(str, h))} | {less} |")
+    return "\n".join(lines)
+
+
+def collapsed_runs(folder):
+    """{cell key: [(seed, [names of its collapsed trainings]), ...]} for the runs holding a collapsed training."""
+    out = defaultdict(list)
+    for r, key in one_round_results(folder):
+        names = [f"round {t['round']}" for t in r.get("rounds", []) if t.get("collapsed")]
+        names += ["final"] if r.get("final", {}).get("collapsed") else []
+        if names:
+            out[key].append((r["config"]["seed"], names))
+    return dict(out)
+
+
+DIAG_KEYS = ("pl_acc", "pl_acc_masked", "mask", "anchor_purity", "anchor_purity_weak", "L_sw", "L_sw_unit",
+             "margin_gap", "knn_purity")  # diagnostics.py's measures, as the result files' diag_curve holds them
+
+
+def diag_pairs(folder, fa_variant):
+    """The final training's diagnostics at its first evaluation and at its end, FA (fa_variant) against no FA,
+    paired by setting, SSL algorithm, selector and seed: {(dataset, budget, ssl): {"first" | "end": {measure:
+    (FA values, no-FA values)}}}, equal-length lists over the pairs where both runs have the measure."""
+    runs = {}
+    for r, key in one_round_results(folder):
+        if r.get("final", {}).get("diag_curve"):
+            runs[(key, r["config"]["seed"])] = r["final"]["diag_curve"]
+    out = defaultdict(lambda: {w: defaultdict(lambda: ([], [])) for w in ("first", "end")})
+    for (key, seed), curve in sorted(runs.items(), key=str):
+        base = runs.get(((*key[:3], "none", key[4]), seed))
+        if key[3] != fa_variant or base is None:
+            continue
+        for when, i in (("first", 0), ("end", -1)):
+            for m in DIAG_KEYS:
+                if curve[i].get(m) is not None and base[i].get(m) is not None:
+                    out[key[:3]][when][m][0].append(curve[i][m])
+                    out[key[:3]][when][m][1].append(base[i][m])
+    return {k: {w: dict(v) for w, v in parts.items()} for k, parts in out.items()}
+
+
+def diag_table(parts):
+    """One row per measure: FA / no FA means over the pairs, with how many pairs FA is higher in and the two-sided
+    sign-test p (min of the two one-sided tests, doubled), at the first evaluation and at the end."""
+    lines = ["| measure | first evaluation: FA / no FA (FA higher, p) | end: FA / no FA (FA higher, p) |", "|---|---|---|"]
+    for m in DIAG_KEYS:
+        cells = []
+        for when in ("first", "end"):
+            a, b = parts[when].get(m, ([], []))
+            d = np.subtract(a, b)
+            p = min(1.0, 2 * min(sign_test(d), sign_test(-d))) if len(d) else None
+            cells.append(f"{np.mean(a):.3f} / {np.mean(b):.3f} ({(d > 0).sum()}/{len(d)}, p = {p:.2f})"
+                         if len(d) else "-")
+        lines.append(f"| {m} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 
@@ -340,198 +398,6 @@ def claims(seeded, settings, fa_v, ls_v, lambda_s=1.0, lambda_c=0.01, marked=fro
     return "\n".join(lines)
 
 
-def seeds_label(seeds):
-    return f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
-
-
-def fig2(seeded, setting, path, lambda_s=1.0, lambda_c=0.01):
-    """Accuracy vs queue length T, one line per selector (FreeMatch + FA), from {key: {seed: acc}}. Every point
-    averages the same seeds (those common to all the figure's cells), so that T is the only thing that varies.
-    Returns {selector: [(T, accuracy %)]} and the seeds, or None when fewer than two values of T were run."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    ds, b = setting
-    prefix = f"fa_s{lambda_s:g}_c{lambda_c:g}_T"
-    cells = {(int(k[3][len(prefix):]), k[4]): v for k, v in seeded.items()
-             if k[:3] == (ds, b, "freematch") and k[3].startswith(prefix) and k[4] != "random" and v}
-    Ts = sorted({T for T, _ in cells})
-    seeds = sorted(set.intersection(*(set(v) for v in cells.values()))) if cells else []
-    if len(Ts) < 2 or not seeds:  # one value of T is no curve
-        return None
-    pts = {al: [(T, float(np.mean([cells[(T, al)][s] for s in seeds]))) for T in Ts if (T, al) in cells]
-           for al in SELECTORS[1:]}
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for al, name in zip(SELECTORS[1:], HEAD[1:]):
-        if pts[al]:
-            ax.plot(*zip(*pts[al]), marker="o", label=name)
-    ax.set(xlabel="T (strong views per labeled sample in Q_s)", ylabel="accuracy (%)",
-           title=f"{ds} #{b}, FreeMatch + FA ({seeds_label(seeds)})", xticks=Ts)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return pts, seeds
-
-
-def fig3(with_ls, without_ls, path, num_classes=30, highlight=5, seed=0):
-    """t-SNE of unlabeled-pool features of the first `num_classes` classes, `highlight` of them in colour,
-    with (left) and without (right) L_s."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.manifold import TSNE
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
-    rng = np.random.default_rng(seed)
-    for ax, f, title in zip(axes, (with_ls, without_ls), ("(a) with L_s", "(b) without L_s")):
-        z = np.load(f)
-        keep = z["labels"] < num_classes
-        x, y = z["feats"][keep], z["labels"][keep]
-        e = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30, len(x) - 1)).fit_transform(x)
-        hi = rng.choice(np.unique(y), min(highlight, len(np.unique(y))), replace=False) if title[1] == "a" else hi
-        grey = ~np.isin(y, hi)
-        ax.scatter(e[grey, 0], e[grey, 1], s=3, c="lightgrey")
-        for c in hi:
-            ax.scatter(e[y == c, 0], e[y == c, 1], s=5, label=f"class {c}")
-        ax.set(title=title, xticks=[], yticks=[])
-    axes[0].legend(markerscale=3, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-LOG_SUFFIX = ".log.jsonl"
-LOSSES = ("L_l", "L_u", "fairness", "L_s", "L_c")
-
-
-def read_log(path):
-    """Parse an ssal.py training log. Returns (rounds, trainings): rounds = the run's number of query rounds R from
-    its last start line (None without one; training R is then the final training), trainings = {r: {"train":
-    [training line dict, ...], "eval": [(iter, test accuracy), ...]}} in file order, one entry per training r.
-    Start lines (they have "event") are skipped; so is a line cut short (a log read while it is written). When a
-    later launch trains a round again (after a start line), its lines replace the earlier launch's for that round."""
-    rounds, trainings, seen = None, {}, set()  # seen: rounds met since the last start line
-    with open(path) as f:
-        for line in f:
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(d, dict):
-                continue
-            if "event" in d:
-                if d["event"] == "start":
-                    rounds, seen = d.get("rounds", rounds), set()
-                continue
-            if "round" not in d or "iter" not in d:
-                continue
-            r = d["round"]
-            if r not in seen:  # first line of this training in this launch: a relaunch starts it afresh
-                trainings[r], seen = {"train": [], "eval": []}, seen | {r}
-            if "test_acc" in d:
-                trainings[r]["eval"].append((d["iter"], d["test_acc"]))
-            else:
-                trainings[r]["train"].append(d)
-    return rounds, dict(sorted(trainings.items()))
-
-
-def best_point(evals):
-    """(iter, accuracy) of the best evaluation (the first of equal ones), None when there is none."""
-    return max(evals, key=lambda e: e[1]) if evals else None
-
-
-def training_label(r, rounds):
-    return "final" if rounds is not None and r == rounds else f"round {r}"
-
-
-def plot_curves(log, path, rounds=None):
-    """One PNG of the training log `log`: a panel per loss part found (log y-axis when all its values are positive;
-    fairness, <= 0, stays linear), one for the mask ratio with the thresholds tau / tau_min, one for the learning
-    rate and one for the test accuracy (best point of each training starred), all against iterations, one line per
-    training. rounds: R when the log has no start line (else the log's). Returns read_log's (rounds, trainings)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    R, trainings = read_log(log)
-    R = rounds if R is None else R
-    keys = {k for t in trainings.values() for d in t["train"] for k in d}
-    panels = [k for k in LOSSES if k in keys] + [k for k in ("mask", "lr") if k in keys]
-    panels += ["test_acc"] if any(t["eval"] for t in trainings.values()) else []
-    ncol = min(3, max(1, len(panels)))
-    nrow = max(1, math.ceil(len(panels) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, key in zip(axes.flat, panels):
-        for i, (r, t) in enumerate(trainings.items()):
-            c, label = colors[i % len(colors)], training_label(r, R)
-            if key == "test_acc":
-                if t["eval"]:
-                    it, acc = zip(*t["eval"])
-                    bi, ba = best_point(t["eval"])
-                    ax.plot(it, [100 * a for a in acc], marker=".", color=c, label=f"{label}: best {100 * ba:.2f} "
-                            f"@ {bi}, last {100 * acc[-1]:.2f}")
-                    ax.plot([bi], [100 * ba], marker="*", ms=12, color=c, ls="none")
-                continue
-            pts = [(d["iter"], d[key]) for d in t["train"] if d.get(key) is not None]
-            if pts:
-                ax.plot(*zip(*pts), color=c, label=label)
-            if key == "mask":
-                for th, ls in (("tau", "--"), ("tau_min", ":")):
-                    pts = [(d["iter"], d[th]) for d in t["train"] if d.get(th) is not None]
-                    if pts:
-                        ax.plot(*zip(*pts), color=c, ls=ls, label=f"{label} {th}")
-        vals = [d[key] for t in trainings.values() for d in t["train"] if d.get(key) is not None]
-        if key in LOSSES and vals and min(vals) > 0:
-            ax.set_yscale("log")
-        title = {"mask": "mask ratio and thresholds" if {"tau", "tau_min"} & keys else "mask ratio",
-                 "lr": "learning rate", "test_acc": "test accuracy (%)"}.get(key, key)
-        ax.set(xlabel="iteration", title=title)
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    fig.suptitle(os.path.basename(log)[:-len(LOG_SUFFIX)] if log.endswith(LOG_SUFFIX) else os.path.basename(log))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return R, trainings
-
-
-def resolve_log(run, runs_dirs):
-    """(log path, result .json path) of RUN: a .log.jsonl file, a result .json or a run name in the first of
-    runs_dirs (the --runs folders) that has its log (none has it: the first folder's path, for the error)."""
-    if run.endswith(LOG_SUFFIX):
-        base = run[:-len(LOG_SUFFIX)]
-    elif run.endswith(".json"):
-        base = run[:-len(".json")]
-    else:
-        bases = [os.path.join(d, run) for d in runs_dirs]
-        base = next((b for b in bases if os.path.isfile(b + LOG_SUFFIX)), bases[0])
-    return base + LOG_SUFFIX, base + ".json"
-
-
-def curves(runs, runs_dirs, out):
-    """--curves: one PNG per run in out; returns the paths written. A missing log: one line on stderr, exit 2."""
-    found = [resolve_log(r, runs_dirs) for r in runs]
-    missing = [log for log, _ in found if not os.path.isfile(log)]
-    if missing:
-        print(f"report.py: no training log {', '.join(missing)}", file=sys.stderr)
-        raise SystemExit(2)
-    os.makedirs(out, exist_ok=True)
-    written = []
-    for log, res in found:
-        rounds = None
-        if os.path.isfile(res):  # R from the result's config, for a log without a start line
-            try:
-                rounds = json.load(open(res)).get("config", {}).get("rounds")
-            except (OSError, ValueError):
-                pass
-        path = os.path.join(out, f"curves_{os.path.basename(log)[:-len(LOG_SUFFIX)]}.png")
-        plot_curves(log, path, rounds)
-        print(path)
-        written.append(path)
-    return written
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description="Tables 1-2 and Figs. 2-3 from ssal.py result files; with --curves, "
                                             "training curves from ssal.py training logs.")
@@ -560,6 +426,7 @@ def main(argv=None):
         return curves(args.curves, args.runs, args.out)
     seeded, marked = load_runs(args.runs, by_seed=True, metric=args.metric)
     cells = seed_lists(seeded)
+    collapsed = collapsed_runs(args.runs)
     os.makedirs(args.out, exist_ok=True)
     found = sorted({k[:2] for k in cells})
     settings = [(s.split(":")[0], int(s.split(":")[1])) for s in args.settings.split()] if args.settings else found
@@ -571,10 +438,10 @@ def main(argv=None):
           "Accuracy (%) after one query round, mean ± sample std over seeds; [paper's value]. "
           "Avg: mean of the four non-random selectors, (gain over Supervised). "
           f"FA: lambda_s={args.lambda_s:g}, lambda_c={args.lambda_c:g}, T={args.queue_len}.", "", "## Table 1", "",
-          with_note(table1(cells, settings, fa_v, marked))]
+          with_note(table1(cells, settings, fa_v, marked, set(collapsed)))]
     for s in settings:
         if any(k[:3] == (*s, "freematch") and k[3] == ls_v for k in cells):
-            md += ["", f"## Table 2 ({s[0]} #{s[1]}, FreeMatch)", "", with_note(table2(cells, s, fa_v, ls_v, marked))]
+            md += ["", f"## Table 2 ({s[0]} #{s[1]}, FreeMatch)", "", with_note(table2(cells, s, fa_v, ls_v, marked, set(collapsed)))]
         f2 = fig2(seeded, s, os.path.join(args.out, f"fig2_{s[0]}_{s[1]}.png"), args.lambda_s, args.lambda_c)
         if f2:
             pts, seeds = f2
@@ -594,6 +461,16 @@ def main(argv=None):
            "labeled set) and a one-sided sign test on them (p: the chance of at least that many wins if the two rows "
            "were equal). 'holds' with a large p is agreement that seed noise alone could produce.", "",
            with_note(claims(seeded, settings, fa_v, ls_v, args.lambda_s, args.lambda_c, marked))]
+    if collapsed:
+        md += ["", "## Collapsed trainings", "", "Runs holding a training whose last evaluation predicts one class for "
+               "at least 90% of the test images (ssal.py names them in a warning line):", ""]
+        md += [f"* {ds} #{b}, {ssl}, {var}, {al}: " + "; ".join(f"seed {sd} ({', '.join(n)})" for sd, n in runs)
+               for (ds, b, ssl, var, al), runs in sorted(collapsed.items())]
+    for (ds, b, ssl), parts in sorted(diag_pairs(args.runs, fa_v).items()):
+        md += ["", f"## Diagnostics of the final training: {ds} #{b}, {ssl}, FA against no FA", "",
+               "diagnostics.py's measures on the probe set (docs/diagnostics.md), at the final training's first "
+               "evaluation and at its end; means over the runs paired by selector and seed (the FA run and its "
+               "no-FA twin), how many pairs FA is higher in, and a two-sided sign test.", "", diag_table(parts)]
     drops = round0_drops(args.runs, args.metric)
     if drops:
         md += ["", "## Final training against round 0", "", "Each run trains twice from the same start: round 0 on the "

@@ -11,6 +11,7 @@
 #   DATASETS="cifar100:100 tinyimagenet:200"   settings as dataset:budget (default: the grid's own)
 #   SEEDS="0 1 2"         trials (the paper averages 3)
 #   SELECTORS="random coreset alphamix activeft noise"
+#   SSLS="supervised fixmatch freematch"   Table 1's SSL rows (each SSL algorithm also gets its "+ FA" row)
 #   ITERS=N               training iterations per round (default: the dataset preset of ssal.py)
 #   GPUS="0 1 2 3"        run one job per GPU in parallel (CUDA_VISIBLE_DEVICES); unset: one after another
 #   JOBS=2                without GPUS: that many CPU jobs in parallel, each with nproc / JOBS threads
@@ -33,6 +34,7 @@ GRID=${1:-table1}
 PRESET=${PRESET:-paper}
 SEEDS=${SEEDS:-0 1 2}
 SELECTORS=${SELECTORS:-random coreset alphamix activeft noise}
+SSLS=${SSLS:-supervised fixmatch freematch}
 OUT=${OUT:-results/runs}
 EXTRA=${EXTRA:-}
 PY=${PYTHON:-python}
@@ -53,7 +55,7 @@ case "$GRID" in
   table1)
     for s in ${DATASETS:-$SETTINGS_T1}; do ds=${s%%:*}; b=${s##*:}
       for seed in $SEEDS; do
-        for ssl in supervised fixmatch freematch; do
+        for ssl in $SSLS; do
           for al in $SELECTORS; do add --dataset "$ds" --budget "$b" --ssl $ssl --al "$al" --seed "$seed"; done
           # the "+ FA" rows: SSL algorithms only, and no Random column (as in Table 1)
           if [ $ssl != supervised ]; then

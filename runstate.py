@@ -37,7 +37,8 @@ class RunLog:
     {"round": r, "iter": i, "lr": .., "L_l": .., ...}         every --log-every iterations: loss parts and mask
                                                              ratio averaged since the previous line; lr and
                                                              thresholds (tau, tau_min) as they are at iteration i
-    {"round": r, "iter": i, "test_acc": a}                    every --eval-every iterations and at the last one
+    {"round": r, "iter": i, "test_acc": a, "probe": {..}}     every --eval-every iterations and at the last one;
+                                                             probe: diagnostics.py's measures (with --probe)
     {"event": "resume" | "reused", ...}                       a resumed run; a round 0 taken from round0/
     round r: the training's index, 0 .. R-1 for the query rounds and R (= --rounds) for the final training.
     """

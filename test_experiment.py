@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+import figures
 import report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -25,6 +26,7 @@ def grid(name, tmp_path, **env):
     ("table2", {}, 3 * 3 * 4),                             # 3 variants x 4 selectors x 3 seeds
     ("fig2", {}, 6 * 4 * 3),                               # 6 values of T x 4 selectors x 3 seeds
     ("table1", {"PRESET": "digits"}, 2 * 3 * 23),
+    ("table1", {"PRESET": "digits", "SSLS": "fixmatch freematch"}, 2 * 3 * 18),  # the SSL cells only
     ("table1", {"PRESET": "digits", "SEEDS": "0", "SELECTORS": "random coreset"}, 2 * (2 + 2 + 1 + 2 + 1)),
 ])
 def test_dry_run_counts(tmp_path, name, env, n):
@@ -220,11 +222,11 @@ def test_fig2_points_average_common_seeds(tmp_path):
     key = lambda T, al: ("digits", 10, "freematch", f"fa_s1_c0.01_T{T}", al)  # noqa: E731
     seeded = {key(1, "coreset"): {0: 50.0}, key(10, "coreset"): {0: 60.0, 1: 90.0},
               key(10, "noise"): {0: 40.0, 1: 70.0}, ("digits", 10, "freematch", "none", "coreset"): {0: 1.0}}
-    pts, seeds = report.fig2(seeded, ("digits", 10), str(tmp_path / "f.png"))
+    pts, seeds = figures.fig2(seeded, ("digits", 10), str(tmp_path / "f.png"))
     assert seeds == [0]  # seed 1 has no T = 1 run: T = 10 must not average it in
     assert pts["coreset"] == [(1, 50.0), (10, 60.0)] and pts["noise"] == [(10, 40.0)] and pts["alphamix"] == []
     assert (tmp_path / "f.png").stat().st_size > 0
-    assert report.fig2({key(10, "coreset"): {0: 60.0}}, ("digits", 10), str(tmp_path / "g.png")) is None
+    assert figures.fig2({key(10, "coreset"): {0: 60.0}}, ("digits", 10), str(tmp_path / "g.png")) is None
 
 
 def write_result(folder, name, al, seed, best=None, last=None):
@@ -304,19 +306,19 @@ def write_log(path, lines, tail=""):
 def test_read_log_groups_by_training_and_finds_the_best(tmp_path):
     log = tmp_path / "x.log.jsonl"
     write_log(log, LOG, tail='{"round": 1, "iter": 8, "te')  # a line cut short (a log being written): skipped
-    rounds, tr = report.read_log(str(log))
+    rounds, tr = figures.read_log(str(log))
     assert rounds == 1 and list(tr) == [0, 1]
     assert [d["iter"] for d in tr[0]["train"]] == [2, 4] and [d["L_l"] for d in tr[0]["train"]] == [2.0, 1.0]
     assert [d["fairness"] for d in tr[1]["train"]] == [-0.2, -0.4] and [d["iter"] for d in tr[1]["train"]] == [2, 6]
     assert tr[0]["eval"] == [(2, 0.40), (4, 0.35)] and tr[1]["eval"] == [(2, 0.50), (4, 0.70), (6, 0.60)]
     assert not any("event" in d or "test_acc" in d for t in tr.values() for d in t["train"])
-    assert report.best_point(tr[0]["eval"]) == (2, 0.40) and report.best_point(tr[1]["eval"]) == (4, 0.70)
-    assert report.best_point([]) is None
-    assert [report.training_label(r, rounds) for r in tr] == ["round 0", "final"]
+    assert figures.best_point(tr[0]["eval"]) == (2, 0.40) and figures.best_point(tr[1]["eval"]) == (4, 0.70)
+    assert figures.best_point([]) is None
+    assert [figures.training_label(r, rounds) for r in tr] == ["round 0", "final"]
     # a second launch training the final round again replaces that round's lines, keeps round 0's
     write_log(log, LOG + [{"event": "start", "name": "x", "rounds": 1}, {"round": 1, "iter": 3, "test_acc": 0.2}])
-    rounds, tr = report.read_log(str(log))
-    assert tr[1] == {"train": [], "eval": [(3, 0.2)]} and tr[0]["eval"] == [(2, 0.40), (4, 0.35)]
+    rounds, tr = figures.read_log(str(log))
+    assert tr[1] == {"train": [], "eval": [(3, 0.2)], "probe": []} and tr[0]["eval"] == [(2, 0.40), (4, 0.35)]
 
 
 def test_curves_writes_one_png_per_run(tmp_path, capsys):
@@ -334,8 +336,8 @@ def test_curves_writes_one_png_per_run(tmp_path, capsys):
     assert all(os.path.getsize(p) > 0 for p in written)
     assert capsys.readouterr().out.split() == written  # each path printed
     assert not (out / "tables.md").exists()  # curves only
-    R, tr = report.plot_curves(str(runs / "b.log.jsonl"), str(tmp_path / "b.png"), rounds=1)
-    assert R == 1 and report.best_point(tr[R]["eval"]) == (4, 0.70)
+    R, tr = figures.plot_curves(str(runs / "b.log.jsonl"), str(tmp_path / "b.png"), rounds=1)
+    assert R == 1 and figures.best_point(tr[R]["eval"]) == (4, 0.70)
 
 
 def test_curves_missing_log_is_one_line_and_exit_2(tmp_path):
@@ -460,3 +462,65 @@ def test_runs_from_several_folders_are_read_as_one_set(tmp_path):
     report.main(["--runs", str(a), str(b), "--out", str(tmp_path / "rep")])
     row = [l for l in (tmp_path / "rep" / "tables.md").read_text().splitlines() if "| Supervised |" in l][0]
     assert row.split("|")[4].strip() == "62.00 ± 2.00"
+
+
+def test_curves_draw_the_probe_panels_of_a_probed_run(tmp_path):
+    diag = {"pl_acc": 0.8, "pl_acc_masked": 0.9, "mask": 0.5, "anchor_purity": 0.4, "anchor_purity_weak": 0.7,
+            "L_sw": 3.0, "L_sw_unit": 0.5, "margin_gap": 1.2, "n_wrong": 9, "knn_purity": 0.9}
+    lines = [{"event": "start", "rounds": 0}, {"round": 0, "iter": 2, "L_l": 1.0, "lr": 0.1},
+             {"round": 0, "iter": 2, "test_acc": 0.5, "probe": diag},
+             {"round": 0, "iter": 4, "test_acc": 0.6, "probe": {**diag, "margin_gap": None, "n_wrong": 0}}]
+    write_log(tmp_path / "p.log.jsonl", lines)
+    R, tr = figures.read_log(str(tmp_path / "p.log.jsonl"))
+    assert [it for it, _ in tr[0]["probe"]] == [2, 4] and tr[0]["probe"][0][1] == diag
+    assert figures.curve_panels(tr) == ["L_l", "lr", "test_acc", "diag_pl", "diag_anchor", "diag_knn", "diag_sw",
+                                        "diag_gap"]
+    figures.plot_curves(str(tmp_path / "p.log.jsonl"), str(tmp_path / "p.png"))
+    assert os.path.getsize(tmp_path / "p.png") > 0
+    # a log without probe lines gets no probe panel
+    write_log(tmp_path / "q.log.jsonl", [{k: v for k, v in d.items() if k != "probe"} for d in lines])
+    assert figures.curve_panels(figures.read_log(str(tmp_path / "q.log.jsonl"))[1]) == ["L_l", "lr", "test_acc"]
+
+
+def write_diag_run(folder, name, fa, al, seed, first, end, collapsed=False):
+    """A result file whose final training has a diag_curve of two evaluations, `first` and `end` (dicts)."""
+    cfg = dict(dataset="digits", budget=10, ssl="freematch", fa=fa, lambda_s=1.0, lambda_c=0.01, queue_len=10, al=al,
+               rounds=1, seed=seed)
+    fin = {"acc_best": 0.9, "acc_last": 0.9, "curve": [{"iter": 50, "acc": 0.9}, {"iter": 500, "acc": 0.9}],
+           "diag_curve": [{"iter": 50, **first}, {"iter": 500, **end}], "collapsed": collapsed}
+    json.dump({"config": cfg, "final_acc": 0.9, "final_best_acc": 0.9, "rounds": [{"round": 0, "collapsed": False}],
+               "final": fin}, open(os.path.join(folder, name + ".json"), "w"))
+
+
+def test_diag_pairs_pair_fa_with_its_no_fa_twin_and_the_table_counts(tmp_path):
+    fa = "fa_s1_c0.01_T10"
+    # seed 0 / 1, coreset: FA's anchor purity higher at the end in both pairs; at the first evaluation in one
+    write_diag_run(tmp_path, "n0", False, "coreset", 0, {"anchor_purity": 0.5}, {"anchor_purity": 0.6})
+    write_diag_run(tmp_path, "f0", True, "coreset", 0, {"anchor_purity": 0.4}, {"anchor_purity": 0.8})
+    write_diag_run(tmp_path, "n1", False, "coreset", 1, {"anchor_purity": 0.5}, {"anchor_purity": 0.6})
+    write_diag_run(tmp_path, "f1", True, "coreset", 1, {"anchor_purity": 0.7}, {"anchor_purity": 0.7})
+    write_diag_run(tmp_path, "f2", True, "noise", 0, {"anchor_purity": 0.9}, {"anchor_purity": 0.9})  # no twin
+    write_diag_run(tmp_path, "n3", False, "random", 0, {"anchor_purity": 0.1}, {"anchor_purity": 0.1})  # no FA twin
+    parts = report.diag_pairs(str(tmp_path), fa)[("digits", 10, "freematch")]
+    assert parts["end"]["anchor_purity"] == ([0.8, 0.7], [0.6, 0.6])  # two pairs, in seed order
+    assert parts["first"]["anchor_purity"] == ([0.4, 0.7], [0.5, 0.5])
+    md = report.diag_table(parts)
+    row = next(l for l in md.splitlines() if l.startswith("| anchor_purity |"))
+    assert "0.550 / 0.500 (1/2, p = 1.00)" in row and "0.750 / 0.600 (2/2, p = 0.50)" in row
+    assert "| knn_purity | - | - |" in md  # a measure no run has
+
+
+def test_collapsed_runs_are_listed_and_their_cells_marked(tmp_path):
+    write_diag_run(tmp_path, "a", False, "coreset", 0, {}, {}, collapsed=True)
+    write_diag_run(tmp_path, "b", False, "coreset", 1, {}, {})
+    write_diag_run(tmp_path, "c", False, "noise", 0, {}, {})
+    col = report.collapsed_runs(str(tmp_path))
+    assert col == {("digits", 10, "freematch", "none", "coreset"): [(0, ["final"])]}
+    cells = report.seed_lists(report.load_runs(str(tmp_path), by_seed=True)[0])
+    md = report.with_note(report.table1(cells, [("digits", 10)], "fa_s1_c0.01_T10", collapsed=set(col)))
+    freematch = next(l for l in md.splitlines() if "| FreeMatch |" in l)
+    assert freematch.split(" | ")[3].endswith(report.COLLAPSED) and report.COLLAPSED not in freematch.split(" | ")[6]
+    assert report.COLLAPSED_NOTE in md
+    out = tmp_path / "out"
+    report.main(["--runs", str(tmp_path), "--out", str(out)])
+    assert "## Collapsed trainings" in (out / "tables.md").read_text() and "seed 0 (final)" in (out / "tables.md").read_text()

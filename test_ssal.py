@@ -228,7 +228,7 @@ def wait_for_log(out, name, pred, proc, timeout=300):
 def comparable(out, name):
     """What an interrupted run must reproduce: the result without wall times, and the log without timings."""
     res = json.load(open(out / f"{name}.json"))
-    drop = ("time_train", "time_features", "time_select", "time_total", "reused")
+    drop = ("time_train", "time_probe", "time_features", "time_select", "time_total", "reused")  # wall times
     for rec in res["rounds"] + [res["final"]]:
         for k in drop:
             rec.pop(k, None)
