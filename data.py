@@ -471,9 +471,30 @@ def view_tensor(dataset, workers=0):
                       for b in loader(dataset, 256, workers=workers)])
 
 
-def test_images(data, workers=0):
-    """The test set's plain views, uint8 [N_te, 3, H, W]: computed once per training, read at every evaluation."""
-    return view_tensor(Views(data.x_te, data.y_te, np.arange(len(data.y_te)), {"plain": data.views["plain"]}), workers)
+def test_images(data, workers=0, split="te"):
+    """The test set's (split "val": the validation set's) plain views, uint8 [N, 3, H, W]: computed once per
+    training, read at every evaluation."""
+    x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+    return view_tensor(Views(x, y, np.arange(len(y)), {"plain": data.views["plain"]}), workers)
+
+
+VAL_SEED = 20250611  # the validation split's own seed: the same held-out images for every --seed and selector
+
+
+def hold_out(data, n):
+    """--val-size n: n training images, stratified by class and drawn once per dataset (VAL_SEED), become the
+    validation set data.x_val / y_val and leave x_tr / y_tr, and with them the initial split, the AL pool and the
+    unlabeled stream. The labels of a validation set cost annotation: it is for choosing a method's settings on a
+    benchmark, not part of the SSAL budget."""
+    from sklearn.model_selection import train_test_split
+    if not 0 < n <= len(data.y_tr) - data.num_classes:
+        raise DataError(f"--val-size {n} must be between 1 and {len(data.y_tr) - data.num_classes} (the "
+                        f"{len(data.y_tr)} training images less one per class)")
+    keep, val = train_test_split(np.arange(len(data.y_tr)), test_size=n, stratify=data.y_tr, random_state=VAL_SEED)
+    keep, val = np.sort(keep), np.sort(val)
+    data.x_val, data.y_val = data.x_tr[val], data.y_tr[val]
+    data.x_tr, data.y_tr = data.x_tr[keep], data.y_tr[keep]
+    return val
 
 
 class Batches:

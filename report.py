@@ -2,6 +2,7 @@
 
     python report.py --runs results/runs --out results          # Table 1, Table 2 (Markdown), Fig. 2 (PNG)
     python report.py --runs results/runs --out results --metric last         # the same with the last accuracy
+    python report.py --runs results/fa-readings --out results/fa-readings/val --metric val   # best validation point
     python report.py --runs results/runs --out results --fig3 A.features.npz B.features.npz
     python report.py --runs results/runs --out results --curves NAME [RUN.json] [RUN.log.jsonl] ...
 
@@ -11,6 +12,8 @@ number beside it where the paper has that cell. A cell with no result file is sh
 --metric best (default): the best test accuracy of the final training over its periodic evaluations
 (final_best_acc), USB's protocol and the one the paper's numbers follow; it is selected on the test set, so it is
 optimistic. --metric last: the accuracy at the end of training (final_acc), what a user without a test set gets.
+--metric val: the test accuracy at the evaluation with the best validation accuracy (final_val_acc; runs made with
+--val-size only), what a user with a small labeled validation set can honestly report.
 Result files written before periodic evaluation have no final_best_acc: under --metric best their last accuracy is
 used and every cell (Avg, claim, Fig. 2 point) built on one is marked with a dagger, explained under its table.
 
@@ -29,6 +32,7 @@ from collections import defaultdict
 
 import numpy as np
 
+import fa
 from figures import HEAD, SELECTORS, curves, fig2, fig3, seeds_label
 
 
@@ -56,8 +60,12 @@ METRICS = {  # the accuracy of a run: --metric
     "best": "the maximum over the periodic test evaluations of the final training, USB's protocol, which the paper's "
             "numbers follow; it is selected on the test set, so it is optimistic",
     "last": "the accuracy at the end of the final training, what a user without a test set gets",
+    "val": "the test accuracy of the final training at its evaluation with the best validation accuracy (the later "
+           "of ties; runs made with --val-size only), what a user with a small labeled validation set can honestly "
+           "report",
 }
-ROUND_KEY = {"best": "acc_best", "last": "acc_last"}  # a training record's accuracy under each metric
+ROUND_KEY = {"best": "acc_best", "last": "acc_last", "val": "acc_val"}  # a training record's accuracy per metric
+RESULT_KEY = {"best": "final_best_acc", "last": "final_acc", "val": "final_val_acc"}  # the same in a result file
 MARK = "†"
 NOTE = f"{MARK} some runs of this cell have no curve (written before periodic evaluation): last accuracy used."
 COLLAPSED = "‡"
@@ -75,7 +83,7 @@ def one_round_results(folder):
         c = r.get("config", {})
         if "final_acc" not in r or c.get("rounds") != 1:
             continue
-        variant = f"fa_s{c['lambda_s']:g}_c{c['lambda_c']:g}_T{c['queue_len']}" if c["fa"] else "none"
+        variant = fa.variant(c)  # 'none', or the FA weights, T and every non-default reading
         yield r, (c["dataset"], c["budget"], c["ssl"], variant, c["al"])
 
 
@@ -83,7 +91,7 @@ def load_runs(folder, by_seed=False, metric="best"):
     """Returns (cells, fell_back). cells: {(dataset, budget, ssl, variant, al): [final accuracy % per seed, in seed
     order]}; variant = 'none' or 'fa_s<lambda_s>_c<lambda_c>_T<T>'. With by_seed, each value is {seed: accuracy %}
     instead (for paired comparisons: runs with the same seed share the initial labeled set). metric 'best' reads
-    final_best_acc, 'last' final_acc; fell_back is the set of keys of cells where some run has no final_best_acc
+    final_best_acc, 'last' final_acc, 'val' final_val_acc (a run without a validation set is left out); fell_back is the set of keys of cells where some run has no final_best_acc
     under 'best' (an old file: its final_acc is used), always empty under 'last'. The same keys index both forms of
     cells, so the set passes unchanged through seed_lists. Only the paper's protocol of one query round is read."""
     if metric not in METRICS:
@@ -91,7 +99,9 @@ def load_runs(folder, by_seed=False, metric="best"):
     cells, fell_back = defaultdict(dict), set()
     for r, key in one_round_results(folder):
         c = r["config"]
-        acc = r.get("final_best_acc") if metric == "best" else r["final_acc"]
+        acc = r.get(RESULT_KEY[metric])
+        if acc is None and metric == "val":  # no validation set: no val accuracy to report
+            continue
         if acc is None:  # written before periodic evaluation: only the last accuracy exists
             acc = r["final_acc"]
             fell_back.add(key)
@@ -146,8 +156,9 @@ def table1(cells, settings, fa_variant, marked=frozenset(), collapsed=frozenset(
         for name, keys, pk in rows:
             out = []
             for j, key in enumerate(keys):
-                if name == "+ FA" and j == 0:
-                    out.append("-")  # the paper has no Random column with FA
+                if name == "+ FA" and j == 0:  # the paper has no Random + FA cell: its dash stays beside ours
+                    out.append(fmt(cells[key], None, key in marked, key in collapsed) + (" [-]" if paper else "")
+                               if cells.get(key) else "-")
                     continue
                 out.append(fmt(cells.get(key), paper[pk][j] if paper else None, key in marked, key in collapsed))
             a = avg(cells, keys[1:])
@@ -386,6 +397,9 @@ def claims(seeded, settings, fa_v, ls_v, lambda_s=1.0, lambda_c=0.01, marked=fro
                 [((ssl, "none", al), (ssl, "none", "random")) for al in SELECTORS[1:]])
             row(f"{S} + FA: every AL selector beats {S} with Random",
                 [((ssl, fa_v, al), (ssl, "none", "random")) for al in SELECTORS[1:]])
+            if (ds, b, ssl, fa_v, "random") in seeded:  # not in the paper: what FA does without an AL selector
+                row(f"{S} + FA with Random beats {S} with Random (FA through the trained model alone)",
+                    [((ssl, fa_v, "random"), (ssl, "none", "random"))])
         if any(key[:4] == (ds, b, "freematch", ls_v) for key in seeded):
             row("Table 2: + L_s beats FreeMatch in every column",
                 [(("freematch", ls_v, al), ("freematch", "none", al)) for al in SELECTORS[1:]])
@@ -410,11 +424,15 @@ def main(argv=None):
     p.add_argument("--lambda-s", type=float, default=1.0, help="FA weight of the runs to tabulate")
     p.add_argument("--lambda-c", type=float, default=0.01, help="FA weight of the runs to tabulate")
     p.add_argument("--queue-len", type=int, default=10, help="T of the runs to tabulate")
+    p.add_argument("--fa-variant", help="the FA runs to tabulate by their full variant, readings included (fa.variant, "
+                                        "e.g. fa_s0.3_c0.01_T10_lsmasked); default: from --lambda-s, --lambda-c, "
+                                        "--queue-len with the default readings")
     p.add_argument("--fig3", nargs=2, metavar=("WITH_LS", "WITHOUT_LS"), help="two .features.npz files")
     p.add_argument("--metric", choices=sorted(METRICS), default="best",
                    help="accuracy of a run: best = max over the periodic test evaluations of the final training "
-                        "(USB's protocol; selected on the test set, so optimistic), last = at the end of training "
-                        "(default: best; a result file without a curve falls back to last, marked with a dagger)")
+                        "(USB's protocol; selected on the test set, so optimistic), last = at the end of training, "
+                        "val = at the best validation accuracy (--val-size runs only) (default: best; a result file "
+                        "without a curve falls back to last, marked with a dagger)")
     p.add_argument("--against", metavar="FOLDER",
                    help="also compare with the same runs (same cells and seeds) in another results folder, e.g. "
                         "one made with another preset: round 0 and final accuracy, paired by seed")
@@ -430,14 +448,15 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     found = sorted({k[:2] for k in cells})
     settings = [(s.split(":")[0], int(s.split(":")[1])) for s in args.settings.split()] if args.settings else found
-    fa_v = f"fa_s{args.lambda_s:g}_c{args.lambda_c:g}_T{args.queue_len}"
+    fa_v = args.fa_variant or f"fa_s{args.lambda_s:g}_c{args.lambda_c:g}_T{args.queue_len}"
     ls_v = f"fa_s{args.lambda_s:g}_c0_T{args.queue_len}"
-    other = "last" if args.metric == "best" else "best"
+    other = "last" if args.metric != "last" else "best"
     md = ["# Results", "", f"Metric: **{args.metric}** accuracy = {METRICS[args.metric]}. The other choice, "
           f"`--metric {other}`, is {METRICS[other]}.", "",
           "Accuracy (%) after one query round, mean ± sample std over seeds; [paper's value]. "
           "Avg: mean of the four non-random selectors, (gain over Supervised). "
-          f"FA: lambda_s={args.lambda_s:g}, lambda_c={args.lambda_c:g}, T={args.queue_len}.", "", "## Table 1", "",
+          f"FA: {fa_v} (fa_s<lambda_s>_c<lambda_c>_T<T>, then each reading that is not the default).", "",
+          "## Table 1", "",
           with_note(table1(cells, settings, fa_v, marked, set(collapsed)))]
     for s in settings:
         if any(k[:3] == (*s, "freematch") and k[3] == ls_v for k in cells):

@@ -57,9 +57,10 @@ case "$GRID" in
       for seed in $SEEDS; do
         for ssl in $SSLS; do
           for al in $SELECTORS; do add --dataset "$ds" --budget "$b" --ssl $ssl --al "$al" --seed "$seed"; done
-          # the "+ FA" rows: SSL algorithms only, and no Random column (as in Table 1)
+          # the "+ FA" rows: SSL algorithms only; with a Random column, which the paper's Table 1 lacks (does FA help
+          # through the trained model alone, or through the selection?)
           if [ $ssl != supervised ]; then
-            for al in $(not_random); do add --dataset "$ds" --budget "$b" --ssl $ssl --fa --al "$al" --seed "$seed"; done
+            for al in $SELECTORS; do add --dataset "$ds" --budget "$b" --ssl $ssl --fa --al "$al" --seed "$seed"; done
           fi
         done
       done

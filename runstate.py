@@ -25,6 +25,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 import data as D
+import fa
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -94,6 +95,10 @@ def check_flags(args, error):
         need(getattr(args, k) >= 1, f"{flag(k)} must be at least 1, not {getattr(args, k)}")
     need(args.warmup >= 0, f"--warmup must be at least 0, not {args.warmup}")
     need(args.probe >= 0, f"--probe must be at least 0 (0: off), not {args.probe}")
+    need(args.val_size >= 0, f"--val-size must be at least 0 (0: none), not {args.val_size}")
+    need(args.fa_warmup >= 0, f"--fa-warmup must be at least 0 iterations, not {args.fa_warmup}")
+    for k, (default, _) in fa.READINGS.items():  # a reading of FA without FA is a mistake, not a no-op
+        need(args.fa or getattr(args, k) == default, f"{flag(k)} {getattr(args, k)} is a reading of FA: add --fa")
     need(args.seed >= 0, f"--seed must be at least 0, not {args.seed}")
     need(args.workers >= -1, f"--workers must be -1 (automatic) or at least 0, not {args.workers}")
     need(math.isfinite(args.lr) and args.lr > 0, f"--lr must be a finite number above 0, not {args.lr}")
@@ -379,7 +384,9 @@ def load_weights(model, path):
 
 ROUND0_FLAGS = ("dataset", "budget", "seed", "ssl", "fa", "lambda_s", "lambda_c", "queue_len", "p_cutoff", "ema_p",
                 "ent_loss_ratio", "lambda_u", "model", "pretrained", "weights", "iters", "batch_size", "uratio",
-                "lr", "weight_decay", "layer_decay", "warmup", "amp", "eval_every", "probe")  # the saved curves
+                "lr", "weight_decay", "layer_decay", "warmup", "amp", "eval_every", "probe",  # eval_every, probe: its curves
+                "ls_samples", "lc_norm", "lc_views", "fa_warmup",  # not fa_trainings: round 0 has FA in both
+                "val_size")
 
 
 def round0_path(args):
@@ -389,8 +396,8 @@ def round0_path(args):
     if args.weights:
         with open(weights_file(args.weights), "rb") as f:
             key["weights_sha1"] = hashlib.sha1(f.read()).hexdigest()
-    if not args.fa:  # FA weights do not matter without --fa
-        for k in ("lambda_s", "lambda_c", "queue_len"):
+    if not args.fa:  # FA weights and readings do not matter without --fa
+        for k in ("lambda_s", "lambda_c", "queue_len", "ls_samples", "lc_norm", "lc_views", "fa_warmup"):
             key.pop(k)
     h = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return os.path.join(args.out, "round0", f"{args.dataset}-b{args.budget}-{args.ssl}{'-fa' if args.fa else ''}"

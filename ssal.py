@@ -31,23 +31,10 @@ import diagnostics as G
 import fa
 import runstate
 import ssl_algos
+from model import ARCHS, build_model, features_and_logits  # noqa: F401 (ssal.build_model for the tests)
 
 # ----------------------------------------------------------------------------------------------------------------
 # presets: the only place where dataset-dependent defaults live
-
-# Architectures we name ourselves -> (timm name, kwargs). Any other --model is passed to timm as it is.
-ARCHS = {
-    # A small ViT that keeps the digits demo to minutes on 2 CPU cores (16 tokens of 8x8 pixels, d = 96). It pools
-    # the average token instead of a class token: trained from scratch, a class-token ViT predicts one class for
-    # every input at initialisation, and FreeMatch's initial threshold 1/C then turns that class into every
-    # pseudo-label (collapse). Average pooling gives input-dependent predictions from the first step.
-    "vit_tiny_digits": ("vit_tiny_patch16_224", dict(img_size=32, patch_size=8, embed_dim=96, depth=4, num_heads=3,
-                                                     global_pool="avg", class_token=False)),
-    # ViT-S with patch 2 at 32x32, the USB benchmark's CIFAR-100 backbone (vit_small_patch2_32, d = 384).
-    "vit_small_patch2_32": ("vit_small_patch16_224", dict(img_size=32, patch_size=2, drop_path_rate=0.2)),
-    # The same family for TinyImageNet: patch 4 at 64x64 keeps the 16x16 token grid of patch 2 at 32x32.
-    "vit_small_patch4_64": ("vit_small_patch16_224", dict(img_size=64, patch_size=4, drop_path_rate=0.2)),
-}
 
 # The digits ViT's pretrained start, made by pretrain.py (printed characters, then SimCLR on the unlabeled digits
 # training images) and committed; runstate.weights_file finds it from any working folder.
@@ -103,6 +90,18 @@ def get_args(argv=None):
     a("--lambda-s", type=float, default=1.0, help="weight of the similarity loss L_s (Eq. 12); 0 turns it off")
     a("--lambda-c", type=float, default=0.01, help="weight of the contrastive loss L_c (Eq. 18); 0 turns it off")
     a("--queue-len", type=int, default=10, help="T, strong views kept per labeled sample in Q_s (Sec. 4.4)")
+    # FA's readings where the paper is silent (fa.READINGS; the default is the first reading of each)
+    a("--ls-samples", default="all", choices=("all", "masked"), help="L_s over every unlabeled sample (Eq. 12 is "
+      "per sample), or over those the SSL mask passes (Fig. 1 adds L_s 'when calculating the loss L_u')")
+    a("--lc-norm", default="batch", choices=("batch", "unit"), help="L_c's features standardised per dimension over "
+      "the batch (Barlow Twins [52]), or each scaled to unit norm ('normalized to a modulus of 1', Sec. 3.5; "
+      "then lambda_c 0.5 matches L_s's scale)")
+    a("--lc-views", default="unlabeled", choices=("unlabeled", "all"), help="L_c's statistics over the unlabeled "
+      "strong / weak pairs, or over those and the labeled pairs (the paper does not say)")
+    a("--fa-trainings", default="all", choices=("all", "query"), help="FA in every training, or only in those that "
+      "end in a selection (Fig. 1: FA trains the model that selects; 'SSL is reapplied' after it)")
+    a("--fa-warmup", type=int, default=0, help="lambda_s and lambda_c ramp linearly from 0 over the first N "
+      "iterations of a training (the paper does not say; 0: full weight from the first)")
     a("--p-cutoff", type=float, default=0.95, help="FixMatch's fixed threshold tau")
     a("--ema-p", type=float, help="FreeMatch's EMA momentum for its thresholds. Preset: digits 0.9, others 0.999")
     a("--ent-loss-ratio", type=float, default=0.001, help="FreeMatch's fairness-loss weight")
@@ -151,6 +150,8 @@ def get_args(argv=None):
     a("--reuse", action=argparse.BooleanOptionalAction, default=True,
       help="reuse a round-0 model trained with the same flags (it does not depend on --al)")
     a("--skip-existing", action="store_true", help="do nothing if <out>/<name>.json exists (resumable grids)")
+    a("--val-size", type=int, default=0, help="hold N training images out (stratified, the same for every seed): "
+      "evaluated beside the test set (val_curve), for choosing settings; its labels cost annotation. 0: none")
     a("--probe", type=int, help="measure the paper's FA quantities (diagnostics.py) at every evaluation on N training "
                                 "images, their labels read for the measures only; 0 turns it off. Preset: digits "
                                 "500, others 2000")
@@ -175,42 +176,12 @@ def get_args(argv=None):
     if args.workers < 0:
         args.workers = 0 if args.device == "cpu" else 4
     if args.name is None:
-        fa_tag = f"-fa_s{args.lambda_s:g}_c{args.lambda_c:g}_T{args.queue_len}" if args.fa else ""
+        fa_tag = f"-{fa.variant(vars(args))}" if args.fa else ""  # a reading's tag only when not the default
         start = "-scratch" if args.scratch and PRESETS[args.dataset]["weights"] else ""
-        args.name = f"{args.dataset}{start}-b{args.budget}-{args.ssl}{fa_tag}-{args.al}-r{args.rounds}-s{args.seed}"
+        val = f"-val{args.val_size}" if args.val_size else ""
+        args.name = (f"{args.dataset}{start}-b{args.budget}{val}-{args.ssl}{fa_tag}-{args.al}-r{args.rounds}"
+                     f"-s{args.seed}")
     return args
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# model
-
-def build_model(args, num_classes, img_size):
-    """A timm model with a fresh head for num_classes; same seed -> same initial weights."""
-    torch.manual_seed(args.seed)
-    name, kw = ARCHS.get(args.model, (args.model, {}))
-    if args.model not in ARCHS:
-        kw = dict(img_size=img_size)
-    try:
-        try:
-            model = timm.create_model(name, pretrained=args.pretrained, num_classes=num_classes, **kw)
-        except TypeError:  # an architecture without img_size (a CNN): its default input handling
-            model = timm.create_model(name, pretrained=args.pretrained, num_classes=num_classes)
-    except RuntimeError as e:
-        if "Unknown model" in str(e):
-            raise D.DataError(f"unknown --model {args.model!r} (see timm.list_models() or {', '.join(ARCHS)})") from None
-        raise
-    except OSError as e:  # no network and no cache for --pretrained
-        raise D.DataError(f"timm could not fetch pretrained weights for {name} ({str(e).splitlines()[0][:120]}); "
-                          f"run once with internet to fill the cache, or pass --weights FILE") from None
-    if args.weights:
-        runstate.load_weights(model, runstate.weights_file(args.weights))
-    return model
-
-
-def features_and_logits(model, x):
-    """g(x) [B, d] (pre-logits features, the input of the linear head W) and W g(x) [B, C] (Eq. 14)."""
-    z = model.forward_head(model.forward_features(x), pre_logits=True)
-    return z, model.get_classifier()(z)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -243,7 +214,7 @@ def autocast(args):
     return torch.autocast(torch.device(args.device).type, dtype=dtype, enabled=dtype is not None)
 
 
-def forward_losses(args, model, algo, queues, pos_of, batches, normalize):
+def forward_losses(args, model, algo, queues, pos_of, batches, normalize, fa_scale=1.0):
     """One training step's forward pass and losses. batches: the labeled batch, then the unlabeled one if the SSL
     algorithm reads it (uint8 views; `normalize` turns them into the model's input on the device). Returns the
     total loss (a scalar with a graph) and its detached terms (the log's parts)."""
@@ -277,9 +248,12 @@ def forward_losses(args, model, algo, queues, pos_of, batches, normalize):
         terms.update(parts_u, mask=mask.mean())
         if args.fa:
             queues.update(pos_of[lb["idx"]], z[:n_lb], z[n_lb:2 * n_lb])  # Q_w <- z_lb_w, Q_s <- z_lb_s
-            loss_s = fa.similarity_loss(z_u_w, z_u_s, queues.q_w, queues.q_s, queues.filled)  # Eqs. 11-12
-            loss_c = fa.contrastive_loss(z_u_s, z_u_w)  # Eq. 18
-            loss = loss + args.lambda_s * loss_s + args.lambda_c * loss_c
+            ls_mask = mask if args.ls_samples == "masked" else None
+            loss_s = fa.similarity_loss(z_u_w, z_u_s, queues.q_w, queues.q_s, queues.filled, ls_mask)  # Eqs. 11-12
+            zc_s, zc_w = (z_u_s, z_u_w) if args.lc_views == "unlabeled" else \
+                (torch.cat([z_u_s, z[n_lb:2 * n_lb]]), torch.cat([z_u_w, z[:n_lb]]))  # + the labeled pairs
+            loss_c = fa.contrastive_loss(zc_s, zc_w, norm=args.lc_norm)  # Eq. 18
+            loss = loss + fa_scale * (args.lambda_s * loss_s + args.lambda_c * loss_c)
             terms.update(L_s=loss_s.detach(), L_c=loss_c.detach())
     return loss, terms
 
@@ -301,12 +275,13 @@ def setup_training(args, data, labeled):
     return SimpleNamespace(model=model, algo=algo, opt=opt, sched=sched, scaler=scaler, queues=queues, pos_of=pos_of)
 
 
-def train_step(args, tr, batches, normalize):
-    """One iteration on a setup_training() `tr`: forward and losses under autocast, then backward, the AdamW step
-    and the schedule's step, unless the loss is not finite (then no step is taken and lr is None). Returns the loss,
-    its detached terms and the base lr of the step."""
+def train_step(args, tr, batches, normalize, it=0):
+    """Iteration `it` (0-based) on a setup_training() `tr`: forward and losses under autocast, then backward, the
+    AdamW step and the schedule's step, unless the loss is not finite (then no step is taken and lr is None).
+    Returns the loss, its detached terms and the base lr of the step."""
+    fa_scale = min(1.0, it / args.fa_warmup) if args.fa_warmup else 1.0  # --fa-warmup: lambda_s, lambda_c ramp
     with autocast(args):
-        loss, terms = forward_losses(args, tr.model, tr.algo, tr.queues, tr.pos_of, batches, normalize)
+        loss, terms = forward_losses(args, tr.model, tr.algo, tr.queues, tr.pos_of, batches, normalize, fa_scale)
     if not torch.isfinite(loss):
         return loss, terms, None
     lr = max(g["lr"] for g in tr.opt.param_groups)  # the base lr of this step (the head's group has scale 1)
@@ -326,18 +301,21 @@ def train(args, data, labeled, rnd, log=None, ck=None, resume=None):
     iterations, and `resume` continues from such a state exactly. A non-finite loss or a signal raises Stop.
     Returns the setup_training() namespace and the record {curve, acc_best, acc_last, test_acc (= acc_last),
     test_pred_hist (of the last evaluation), train_stats, time_train}."""
+    if args.fa and args.fa_trainings == "query" and rnd == args.rounds:  # no selection follows: plain SSL
+        args = argparse.Namespace(**{**vars(args), "fa": False})
     dev = torch.device(args.device)
     tr = setup_training(args, data, labeled)
     model, algo = tr.model, tr.algo
     # the loop's own state (in a checkpoint besides the modules): iterations done, the curve, the last test
     # prediction histogram, the mask ratio's sum, time spent, and the log window's sums (win, n_win)
-    S = dict(n=0, curve=[], diag_curve=[], hist=None, win={}, n_win=0, mask_sum=torch.zeros((), device=dev),
+    S = dict(n=0, curve=[], val_curve=[], diag_curve=[], hist=None, win={}, n_win=0, mask_sum=torch.zeros((), device=dev),
              time=0.0, time_probe=0.0)
     if resume:
         S.update(runstate.restore_training(tr, resume))
     start = S["n"]
     streams = D.training_streams(data, labeled, args, algo.uses_unlabeled, start)
     x_te = D.test_images(data, args.workers)  # uint8 [N_te, 3, H, W], once per training
+    x_val = D.test_images(data, args.workers, "val") if args.val_size else None
     probe = G.Probe(data, args.probe, args.seed, labeled, args.queue_len, args.workers, S["time_probe"]) \
         if args.probe else None
     model.train()
@@ -347,7 +325,7 @@ def train(args, data, labeled, rnd, log=None, ck=None, resume=None):
     t_run = time.time()
     window = runstate.LogWindow(S.pop("win"), S.pop("n_win"))
     for it, batches in enumerate(bar, start=start):
-        loss, terms, lr = train_step(args, tr, batches, data.normalize)
+        loss, terms, lr = train_step(args, tr, batches, data.normalize, it)
         if "mask" in terms:
             S["mask_sum"] += terms["mask"]
         if lr is None:  # diverged: no step was taken; the last checkpoint stays
@@ -357,7 +335,10 @@ def train(args, data, labeled, rnd, log=None, ck=None, resume=None):
         window.add(terms)
         if n % args.eval_every == 0 or n == args.iters:  # USB's periodic evaluation
             t0 = time.time()
-            acc, S["hist"] = test_accuracy(model, x_te, data, args)
+            acc, S["hist"] = test_accuracy(model, x_te, data.y_te, data, args)
+            val = x_val is not None and test_accuracy(model, x_val, data.y_val, data, args)[0]
+            if x_val is not None:
+                S["val_curve"].append({"iter": n, "acc": val})
             model.train()
             window.leave_out(time.time() - t0)
             S["curve"].append({"iter": n, "acc": acc})
@@ -367,7 +348,8 @@ def train(args, data, labeled, rnd, log=None, ck=None, resume=None):
             if diag:
                 S["diag_curve"].append({"iter": n, **diag})
             if log:
-                log.write(round=rnd, iter=n, test_acc=acc, **({"probe": diag} if diag else {}))
+                log.write(round=rnd, iter=n, test_acc=acc, **({"val_acc": val} if x_val is not None else {}),
+                          **({"probe": diag} if diag else {}))
         if n % args.log_every == 0 or n == args.iters:
             rec, sec = window.flush()  # the loss parts and mask ratio averaged since the previous line
             if log:
@@ -387,6 +369,9 @@ def train(args, data, labeled, rnd, log=None, ck=None, resume=None):
     accs = [p["acc"] for p in curve]
     rec = {"curve": curve, "acc_best": max(accs), "acc_last": accs[-1], "test_acc": accs[-1],
            "test_pred_hist": S["hist"], "train_stats": stats, "time_train": S["time"] + time.time() - t_run}
+    if x_val is not None:  # acc_val: the test accuracy where the validation accuracy is best (the later of ties)
+        best = max(range(len(curve)), key=lambda i: (S["val_curve"][i]["acc"], i))
+        rec.update(val_curve=S["val_curve"], acc_val=curve[best]["acc"])
     if probe:
         rec.update(diag_curve=S["diag_curve"], time_probe=probe.seconds)
     rec["collapsed"] = G.collapsed(S["hist"], runstate.training_name(rnd, args))  # one class for >= 90%: warned
@@ -409,11 +394,11 @@ def run_model(model, x, data, args):
     return torch.cat(zs), torch.cat(ls)
 
 
-def test_accuracy(model, x, data, args):
-    """Top-1 accuracy on the test images x (D.test_images), and the histogram of the predicted classes."""
+def test_accuracy(model, x, y, data, args):
+    """Top-1 accuracy on the images x (D.test_images) of labels y, and the histogram of the predicted classes."""
     _, logits = run_model(model, x, data, args)
     pred = logits.argmax(1).cpu()
-    acc = (pred == torch.as_tensor(data.y_te)).sum().item() / len(data.y_te)
+    acc = (pred == torch.as_tensor(y)).sum().item() / len(y)
     return acc, torch.bincount(pred, minlength=data.num_classes).tolist()
 
 
@@ -482,6 +467,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     data = D.Data(args.dataset, args.data_dir, args.download)
+    val = D.hold_out(data, args.val_size) if args.val_size else None  # out of the pool and the unlabeled stream
     labeled = D.initial_split(data.y_tr, args.budget, data.num_classes, args.seed)  # L_0: budget / C per class
     if args.budget * (args.rounds + 1) > len(data.y_tr):
         raise D.DataError(f"--budget {args.budget} x (--rounds {args.rounds} + 1) is more than the "
@@ -520,6 +506,8 @@ def main(argv=None):
     # the test accuracy of the final training: final_acc, its last evaluation (what a user without a test set
     # gets); final_best_acc, the best of its curve (USB's reported number, selected on the test set)
     acc = rec["acc_last"]
+    if val is not None:  # the test accuracy at the best validation point, and which images were held out
+        res.update(final_val_acc=rec["acc_val"], val_indices=val.tolist())
     res.update(final={"num_labeled": len(labeled), **rec}, final_acc=acc, final_best_acc=rec["acc_best"],
                time_total=sum(r["time_train"] + r["time_features"] + r["time_select"] for r in res["rounds"])
                + rec["time_train"])

@@ -22,20 +22,21 @@ def grid(name, tmp_path, **env):
 
 
 @pytest.mark.parametrize("name, env, n", [
-    ("table1", {}, 4 * 3 * (5 + 5 + 4 + 5 + 4)),           # 4 settings x 3 seeds x 23 cells
+    ("table1", {}, 4 * 3 * (5 + 5 + 5 + 5 + 5)),           # 4 settings x 3 seeds x 25 cells (+ FA with Random)
     ("table2", {}, 3 * 3 * 4),                             # 3 variants x 4 selectors x 3 seeds
     ("fig2", {}, 6 * 4 * 3),                               # 6 values of T x 4 selectors x 3 seeds
-    ("table1", {"PRESET": "digits"}, 2 * 3 * 23),
-    ("table1", {"PRESET": "digits", "SSLS": "fixmatch freematch"}, 2 * 3 * 18),  # the SSL cells only
-    ("table1", {"PRESET": "digits", "SEEDS": "0", "SELECTORS": "random coreset"}, 2 * (2 + 2 + 1 + 2 + 1)),
+    ("table1", {"PRESET": "digits"}, 2 * 3 * 25),
+    ("table1", {"PRESET": "digits", "SSLS": "fixmatch freematch"}, 2 * 3 * 20),  # the SSL cells only
+    ("table1", {"PRESET": "digits", "SEEDS": "0", "SELECTORS": "random coreset"}, 2 * (2 + 2 + 2 + 2 + 2)),
 ])
 def test_dry_run_counts(tmp_path, name, env, n):
     out = grid(name, tmp_path, DRY_RUN="1", **env)
     cmds = [l for l in out.splitlines() if l.startswith("python")]
     assert len(cmds) == n and out.strip().endswith(f"# {name}: {n} runs")
     assert len(set(cmds)) == n  # no run twice
-    if name == "table1":  # no Random column with FA, and never FA with supervised training
-        assert not [c for c in cmds if "--fa" in c and ("--al random" in c or "supervised" in c)]
+    if name == "table1":  # never FA with supervised training; FA with Random (the cell the paper lacks)
+        assert not [c for c in cmds if "--fa" in c and "supervised" in c]
+        assert [c for c in cmds if "--fa" in c and "--al random" in c] or "random" not in env.get("SELECTORS", "random")
 
 
 def test_slurm_writes_an_array_script(tmp_path):
@@ -145,15 +146,15 @@ def test_digits_grid_end_to_end_and_report(tmp_path):
     env = dict(PRESET="digits", DATASETS="digits:10", SEEDS="0", SELECTORS="random coreset", ITERS="2", JOBS="2",
                EXTRA="--batch-size 4 --uratio 1")
     out = grid("table1", tmp_path, **env)
-    assert out.count("+ [OMP_NUM_THREADS=") == 8, out  # every run went through a CPU job
+    assert out.count("+ [OMP_NUM_THREADS=") == 10, out  # every run went through a CPU job
     runs = tmp_path / "runs"
     res = [json.load(open(runs / f)) for f in os.listdir(runs) if f.endswith(".json")]
-    assert len(res) == 8  # two CPU jobs (JOBS=2), each taking whole settings
+    assert len(res) == 10  # two CPU jobs (JOBS=2), each taking whole settings; + FA with Random too
     # round 0 is trained once per setting (ssl x fa), not once per selector
     assert len(os.listdir(runs / "round0")) == 5
     # resumable: a second pass skips every run
     again = grid("table1", tmp_path, **env)
-    assert again.count("skipped") == 8
+    assert again.count("skipped") == 10
     report.main(["--runs", str(runs), "--out", str(tmp_path / "rep")])
     md = (tmp_path / "rep" / "tables.md").read_text()
     sup = [r for r in res if r["config"]["ssl"] == "supervised" and r["config"]["al"] == "coreset"][0]
@@ -164,10 +165,14 @@ def test_digits_grid_end_to_end_and_report(tmp_path):
     assert row[4].strip() == f"{100 * sup['final_acc' if old else 'final_best_acc']:.2f} (n=1)" + " †" * old
     assert row[5].strip() == "missing" and row[6].strip() == "missing"  # AlpMix, ActFT never ran
     fa_row = [l for l in md.splitlines() if "| + FA |" in l][0].split("|")
-    assert fa_row[3].strip() == "-" and fa_row[8].strip() == "missing"  # no Random with FA; Avg incomplete
+    fa_rand = [r for r in res if r["config"]["ssl"] == "fixmatch" and r["config"]["fa"] and r["config"]["al"] == "random"]
+    assert fa_row[3].strip() == f"{100 * fa_rand[0]['final_best_acc']:.2f} (n=1)"  # Random + FA, the paper's gap
+    assert fa_row[8].strip() == "missing"  # Avg incomplete
     # the claims on two selectors: FA's claims need alphamix etc., which never ran
     claim = {l.split("|")[1].strip(): l.split("|")[3].strip() for l in md.splitlines() if l.startswith("| Free")}
     assert claim["FreeMatch + FA improves the Avg"] == "missing"
+    assert claim["FreeMatch + FA with Random beats FreeMatch with Random (FA through the trained model alone)"] in (
+        "holds", "does not hold")
 
 
 def test_report_means_and_gain(tmp_path):
@@ -524,3 +529,19 @@ def test_collapsed_runs_are_listed_and_their_cells_marked(tmp_path):
     out = tmp_path / "out"
     report.main(["--runs", str(tmp_path), "--out", str(out)])
     assert "## Collapsed trainings" in (out / "tables.md").read_text() and "seed 0 (final)" in (out / "tables.md").read_text()
+
+
+def test_metric_val_reads_the_best_validation_point_and_leaves_runs_without_one_out(tmp_path):
+    for seed, (val, last) in enumerate([(0.91, 0.90), (0.85, 0.84)]):
+        write_result(tmp_path, f"v{seed}", "coreset", seed, best=0.95, last=last)
+        r = json.load(open(tmp_path / f"v{seed}.json"))
+        r["final_val_acc"] = val
+        json.dump(r, open(tmp_path / f"v{seed}.json", "w"))
+    write_result(tmp_path, "old", "coreset", 2, best=0.99, last=0.99)  # no validation set
+    cells, marked = report.load_runs(str(tmp_path), by_seed=True, metric="val")
+    assert cells[("digits", 10, "supervised", "none", "coreset")] == {0: pytest.approx(91.0), 1: pytest.approx(85.0)}
+    assert not marked
+    out = tmp_path / "out"
+    report.main(["--runs", str(tmp_path), "--out", str(out), "--metric", "val"])
+    md = (out / "tables.md").read_text()
+    assert "Metric: **val**" in md and f"{np.mean([91.0, 85.0]):.2f} ± {np.std([91.0, 85.0], ddof=1):.2f}" in md

@@ -336,3 +336,68 @@ def test_eq19_bound(noise):
     L_c = fa.contrastive_loss(z_s, z_w).item()
     assert gap <= 2 * math.sqrt(d * L_c) + 1e-6
     assert gap > 0
+
+
+# FA's readings: --ls-samples masked, --lc-norm unit
+
+def test_similarity_loss_masked_is_the_mean_over_the_masked_samples():
+    g = torch.Generator().manual_seed(5)
+    B_u, N_l, T, d = 8, 4, 3, 5
+    z_u_w, z_u_s = torch.randn(B_u, d, generator=g), torch.randn(B_u, d, generator=g)
+    q_w, q_s = torch.randn(N_l, d, generator=g), torch.randn(N_l, T, d, generator=g)
+    filled = torch.ones(N_l, T, dtype=torch.bool)
+    mask = torch.tensor([1, 0, 1, 1, 0, 0, 1, 0], dtype=torch.float)
+    keep = mask.bool()
+    ref = brute_similarity_loss(z_u_w[keep], z_u_s[keep], q_w, q_s, filled)  # Eq. 12 over the masked samples
+    assert fa.similarity_loss(z_u_w, z_u_s, q_w, q_s, filled, mask).item() == pytest.approx(ref, abs=1e-6)
+    assert fa.similarity_loss(z_u_w, z_u_s, q_w, q_s, filled, keep).item() == pytest.approx(ref, abs=1e-6)
+    # no sample passes: 0, with a graph
+    z = z_u_w.clone().requires_grad_()
+    none = fa.similarity_loss(z, z_u_s, q_w, q_s, filled, torch.zeros(B_u))
+    assert none.item() == 0.0 and none.requires_grad
+    # every sample passes: the unmasked loss
+    all_ = fa.similarity_loss(z_u_w, z_u_s, q_w, q_s, filled, torch.ones(B_u)).item()
+    assert all_ == pytest.approx(fa.similarity_loss(z_u_w, z_u_s, q_w, q_s, filled).item(), abs=1e-7)
+
+
+def hand_contrastive_unit(z_s, z_w):
+    """Eq. 18 on unit-norm features, a loop over dimensions: c_i = mean_b zs[b, i] zw[b, i] / (|zs[b]| |zw[b]|)."""
+    B, d = z_s.shape
+    ns = [math.sqrt(sum(float(v) ** 2 for v in z_s[b])) for b in range(B)]
+    nw = [math.sqrt(sum(float(v) ** 2 for v in z_w[b])) for b in range(B)]
+    total = 0.0
+    for i in range(d):
+        c = sum(float(z_s[b, i]) / ns[b] * float(z_w[b, i]) / nw[b] for b in range(B)) / B
+        total += (1 - c) ** 2
+    return total
+
+
+def test_contrastive_loss_unit_matches_a_loop_and_its_closed_form():
+    g = torch.Generator().manual_seed(6)
+    B, d = 10, 7
+    z_s, z_w = torch.randn(B, d, generator=g) * 4, torch.randn(B, d, generator=g)
+    L = fa.contrastive_loss(z_s, z_w, norm="unit").item()
+    assert L == pytest.approx(hand_contrastive_unit(z_s, z_w), rel=1e-5)
+    # L_c = d - 2 mean_b cos(z_s[b], z_w[b]) + sum_i c_i^2, with 0 <= sum_i c_i^2 <= 1
+    mean_cos = torch.nn.functional.cosine_similarity(z_s, z_w, dim=-1).mean().item()
+    assert d - 2 * mean_cos - 1e-5 <= L <= d - 2 * mean_cos + 1 + 1e-5
+    # scale-invariant per sample (not per dimension, as the batch reading is)
+    assert fa.contrastive_loss(z_s * torch.rand(B, 1, generator=g) * 9 + 0, z_w, norm="unit").item() == \
+        pytest.approx(L, rel=1e-5)
+    # identical views: c_i = mean_b zs[b, i]^2, sum_i c_i = 1: L_c = d - 2 + sum_i c_i^2
+    c = (torch.nn.functional.normalize(z_w, dim=-1) ** 2).mean(0)
+    assert fa.contrastive_loss(z_w, z_w.clone(), norm="unit").item() == pytest.approx((d - 2 + (c ** 2).sum()).item(),
+                                                                                         rel=1e-5)
+
+
+def test_contrastive_loss_unit_gradient_is_about_twice_that_of_mean_one_minus_cos():
+    """Why lambda_c = 0.5 puts the unit reading on L_s's scale: its gradient is -2 d(mean cos) + d(sum_i c_i^2)."""
+    g = torch.Generator().manual_seed(7)
+    B, d = 64, 96
+    z_s, z_w = torch.randn(B, d, generator=g, requires_grad=True), torch.randn(B, d, generator=g)
+    fa.contrastive_loss(z_s, z_w, norm="unit").backward()
+    g_lc = z_s.grad.clone()
+    z_s.grad = None
+    (1 - torch.nn.functional.cosine_similarity(z_s, z_w, dim=-1)).mean().backward()
+    ratio = (g_lc * z_s.grad).sum() / (z_s.grad * z_s.grad).sum()  # projection of L_c's gradient on mean(1 - cos)'s
+    assert ratio.item() == pytest.approx(2.0, rel=0.1)

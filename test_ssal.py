@@ -138,23 +138,32 @@ def test_every_selector_runs_in_the_pipeline(tmp_path, al):
     assert res["config"]["al"] == al and res["config"]["fa"] is True
 
 
+def train_six(*extra):
+    """Round 0 of 6 iterations with FA, in-process: (weights, record, SSL state)."""
+    data = ssal.D.Data("digits")
+    args = ssal.get_args([*TINY, "--iters", "6", "--fa", *extra])
+    torch.manual_seed(args.seed)
+    tr, rec = ssal.train(args, data, ssal.D.initial_split(data.y_tr, 10, 10, 0), 0)
+    return tr.model.state_dict(), rec, tr.algo.state_dict()
+
+
 def test_evaluation_does_not_change_training():
     """Evaluating every iteration must leave training exactly as evaluating once at the end: the test pass may
     draw no random number that augmentation, sampling or dropout would otherwise get."""
-    data = ssal.D.Data("digits")
-    labeled = ssal.D.initial_split(data.y_tr, 10, 10, 0)
-    out = {}
-    for every in (1, 1000):
-        args = ssal.get_args([*TINY, "--iters", "6", "--fa", "--eval-every", str(every)])
-        torch.manual_seed(args.seed)
-        tr, rec = ssal.train(args, data, labeled, 0)
-        model = tr.model
-        out[every] = (model.state_dict(), rec)
-    (w1, r1), (w2, r2) = out[1], out[1000]
+    (w1, r1, _), (w2, r2, _) = train_six("--eval-every", "1"), train_six("--eval-every", "1000")
     assert [p["iter"] for p in r1["curve"]] == [1, 2, 3, 4, 5, 6] and [p["iter"] for p in r2["curve"]] == [6]
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
     assert r1["acc_last"] == r2["acc_last"] == r1["curve"][-1]["acc"]
     assert r1["acc_best"] == max(p["acc"] for p in r1["curve"])
+
+
+def test_the_probe_does_not_change_training():
+    """The probe's fixed views (diagnostics.Probe) draw from their own seeded generators: the same weights, curve
+    and FreeMatch state with and without it."""
+    (w0, r0, a0), (w1, r1, a1) = train_six("--probe", "0"), train_six("--probe", "80")
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert r0["curve"] == r1["curve"] and all(torch.equal(a0[k], a1[k]) for k in a0)
+    assert "diag_curve" in r1 and "diag_curve" not in r0
 
 
 def test_curve_and_log_in_the_results(tmp_path):
@@ -368,6 +377,11 @@ def test_corrupt_checkpoints_are_named_and_rebuilt(tmp_path):
     (["--device", "tpu"], "is not a device name"),
     (["--weights", "README.md"], "is not a PyTorch checkpoint that loads"),
     (["--rounds", "200"], "more than the 1297 training images"),
+    (["--ls-samples", "masked"], "is a reading of FA: add --fa"),
+    (["--lc-norm", "unit"], "is a reading of FA: add --fa"),
+    (["--fa-warmup", "100"], "is a reading of FA: add --fa"),
+    (["--fa", "--fa-warmup", "-1"], "--fa-warmup must be at least 0"),
+    (["--fa", "--lc-views", "some"], "invalid choice"),
 ])
 def test_every_flag_is_checked_before_work(tmp_path, capsys, args, needle):
     """In-process (the subprocess tests above check the one-line output of the command): a parser-level mistake
@@ -466,3 +480,110 @@ def test_amp_auto_is_float32_even_on_a_bf16_gpu(monkeypatch):
     assert ssal.get_args(["--device", "cuda"]).amp == "none"
     assert ssal.get_args(["--device", "auto"]).amp == "none"
     assert ssal.get_args(["--device", "cuda", "--amp", "bf16"]).amp == "bf16"
+
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# FA's readings (fa.READINGS)
+
+def test_readings_name_the_run_only_when_not_the_default_and_key_round_0():
+    base = ssal.get_args(["--fa"])
+    assert base.name == "digits-b20-freematch-fa_s1_c0.01_T10-random-r1-s0"  # the committed runs' names
+    other = ssal.get_args(["--fa", "--ls-samples", "masked", "--lc-norm", "unit", "--lc-views", "all",
+                           "--fa-trainings", "query", "--fa-warmup", "100"])
+    assert other.name == ("digits-b20-freematch-fa_s1_c0.01_T10_lsmasked_lcunit_lcvall_fatquery_faw100-random-r1-s0")
+    # every reading but --fa-trainings changes round 0; query and all share it (round 0 is FA in both)
+    r0 = runstate.round0_path(base)
+    assert runstate.round0_path(ssal.get_args(["--fa", "--fa-trainings", "query"])) == r0
+    for extra in (["--ls-samples", "masked"], ["--lc-norm", "unit"], ["--lc-views", "all"], ["--fa-warmup", "5"]):
+        assert runstate.round0_path(ssal.get_args(["--fa", *extra])) != r0, extra
+
+
+def test_fa_trainings_query_makes_the_final_training_plain_ssl(tmp_path):
+    run([*TINY, "--fa", "--fa-trainings", "query", "--log-every", "2"], tmp_path)
+    name = "digits-b10-freematch-fa_s1_c0.01_T10_fatquery-random-r1-s0"
+    lines = [json.loads(x) for x in open(tmp_path / f"{name}.log.jsonl") if '"L_l"' in x]
+    assert lines and all(("L_s" in d and "L_c" in d) == (d["round"] == 0) for d in lines)
+
+
+def fa_batches(B=4):
+    torch.manual_seed(0)
+    lb = {k: torch.randint(0, 256, (B, 3, 32, 32), dtype=torch.uint8) for k in ("weak", "strong")}
+    lb.update(y=torch.arange(B), idx=torch.arange(B))
+    ulb = {k: torch.randint(0, 256, (B, 3, 32, 32), dtype=torch.uint8) for k in ("weak", "strong")}
+    return lb, ulb
+
+
+@pytest.mark.parametrize("views", ["unlabeled", "all"])
+def test_lc_views_computes_lc_over_the_pairs_it_names(views):
+    data = ssal.D.Data("digits")
+    args = ssal.get_args([*TINY, "--fa", "--lc-views", views])
+    model = ssal.build_model(args, 10, 32)
+    tr = ssal.setup_training(args, data, torch.arange(4).numpy())
+    lb, ulb = fa_batches()
+    _, terms = ssal.forward_losses(args, model, tr.algo, tr.queues, tr.pos_of, [lb, ulb], data.normalize)
+    z, _ = ssal.features_and_logits(model, data.normalize(torch.cat([lb["weak"], lb["strong"], ulb["weak"],
+                                                                     ulb["strong"]])))
+    z_lb_w, z_lb_s, z_u_w, z_u_s = z.chunk(4)
+    zs, zw = (z_u_s, z_u_w) if views == "unlabeled" else (torch.cat([z_u_s, z_lb_s]), torch.cat([z_u_w, z_lb_w]))
+    assert terms["L_c"].item() == pytest.approx(ssal.fa.contrastive_loss(zs, zw).item(), rel=1e-4)
+
+
+def test_fa_warmup_scales_the_fa_terms_linearly(monkeypatch):
+    data = ssal.D.Data("digits")
+    args = ssal.get_args([*TINY, "--fa", "--fa-warmup", "8", "--ssl", "fixmatch"])
+    model = ssal.build_model(args, 10, 32)
+    tr = ssal.setup_training(args, data, torch.arange(4).numpy())
+    lb, ulb = fa_batches()
+    losses = {}
+    for scale in (0.0, 0.5, 1.0):
+        loss, t = ssal.forward_losses(args, model, tr.algo, tr.queues, tr.pos_of, [lb, ulb], data.normalize, scale)
+        losses[scale] = loss.item()
+        base = (t["L_l"] + args.lambda_u * t["L_u"]).item()
+        assert loss.item() == pytest.approx(base + scale * (args.lambda_s * t["L_s"] + args.lambda_c * t["L_c"]).item(),
+                                            rel=1e-5)
+    assert losses[0.0] < losses[0.5] < losses[1.0]
+    seen = []  # the ramp train_step hands forward_losses: it / N, then 1
+    real = ssal.forward_losses
+    monkeypatch.setattr(ssal, "forward_losses", lambda *a: (seen.append(a[-1]), real(*a))[1])
+    for it in (0, 2, 4, 8, 30):
+        ssal.train_step(args, tr, [lb, ulb], data.normalize, it)
+    assert seen == [0.0, 0.25, 0.5, 1.0, 1.0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the validation split
+
+def test_hold_out_is_stratified_the_same_for_every_seed_and_leaves_the_training_set():
+    data, other = ssal.D.Data("digits"), ssal.D.Data("digits")
+    y_all = data.y_tr.copy()
+    val = ssal.D.hold_out(data, 200)
+    assert torch.equal(torch.as_tensor(val), torch.as_tensor(ssal.D.hold_out(other, 200)))  # fixed, not per --seed
+    assert len(data.y_val) == 200 and len(data.y_tr) == len(y_all) - 200
+    counts, full = torch.bincount(torch.as_tensor(data.y_val)), torch.bincount(torch.as_tensor(y_all))
+    assert (counts - full.double() * 200 / len(y_all)).abs().max() <= 1  # stratified: every class in proportion
+    keep = sorted(set(range(len(y_all))) - set(val.tolist()))
+    assert torch.equal(torch.as_tensor(data.y_tr), torch.as_tensor(y_all[keep]))  # the rest, in order
+    with pytest.raises(ssal.D.DataError):
+        ssal.D.hold_out(ssal.D.Data("digits"), 1297)
+
+
+def test_val_size_writes_val_curves_and_the_test_accuracy_at_the_best_val_point(tmp_path):
+    run([*TINY, "--val-size", "200", "--iters", "6", "--eval-every", "2"], tmp_path)
+    res = load_result(tmp_path)
+    assert res["config"]["val_size"] == 200 and len(res["val_indices"]) == 200
+    assert "-val200-" in res["config"]["name"]
+    for rec in res["rounds"] + [res["final"]]:
+        val, test = [p["acc"] for p in rec["val_curve"]], [p["acc"] for p in rec["curve"]]
+        assert [p["iter"] for p in rec["val_curve"]] == [p["iter"] for p in rec["curve"]] == [2, 4, 6]
+        i = max(i for i in range(3) if val[i] == max(val))  # the later of equal validation accuracies
+        assert rec["acc_val"] == test[i]
+    assert res["final_val_acc"] == res["final"]["acc_val"]
+    sel = set(res["rounds"][0]["selected"])
+    assert max(sel) < 1297 - 200  # selected from the training images that are left
+
+
+def test_no_val_size_writes_no_val_curve(tmp_path):
+    run(TINY, tmp_path)
+    res = load_result(tmp_path)
+    assert "final_val_acc" not in res and all("val_curve" not in r for r in res["rounds"] + [res["final"]])
