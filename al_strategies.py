@@ -338,9 +338,20 @@ def noise_stability(model, pool_loader, budget, num_sampling=30, noise_scale=1e-
     return kcenter_greedy(D, budget, torch.zeros(1, D.shape[1], device=D.device))
 
 
+def noise_on_subset(c, budget):
+    """Noise stability as its authors run it on CIFAR-100 (SUBSET = 25000 in their config): the candidates are a
+    random subset of c["noise_subset"] pool images, drawn with the round's seed, when the pool is larger (0 or None:
+    the whole pool). c["pool_loader"] must offer subset(positions). Returns pool positions."""
+    N, k = len(c["feats_pool"]), c.get("noise_subset") or 0
+    if not k or N <= k:
+        return noise_stability(c["model"], c["pool_loader"], budget, seed=c["seed"])
+    idx = np.sort(np.random.default_rng(c["seed"]).choice(N, k, replace=False))  # [k] pool positions
+    return idx[np.asarray(noise_stability(c["model"], c["pool_loader"].subset(idx), budget, seed=c["seed"]))]
+
+
 # -----------------------------------------------------------------------------
 # Dispatcher. ctx keys: feats_lb [N_l, d], labels_lb [N_l], feats_pool [N_p, d], head,
-# model, pool_loader, num_classes, seed. Adding a selector = one function + one entry here.
+# model, pool_loader, num_classes, seed, noise_subset. Adding a selector = one function + one entry here.
 
 SELECTORS = {
     "random": lambda b, c: random_select(len(c["feats_pool"]), b, c["seed"]),
@@ -348,7 +359,7 @@ SELECTORS = {
     "alphamix": lambda b, c: alphamix(c["feats_lb"], c["labels_lb"], c["feats_pool"], c["head"], b,
                                       seed=c["seed"], num_classes=c.get("num_classes")),
     "activeft": lambda b, c: activeft(c["feats_pool"], b, seed=c["seed"]),
-    "noise": lambda b, c: noise_stability(c["model"], c["pool_loader"], b, seed=c["seed"]),
+    "noise": lambda b, c: noise_on_subset(c, b),
 }
 NAMES = tuple(SELECTORS)
 

@@ -121,8 +121,63 @@ def load_tinyimagenet_arrays(data_dir):
     return x_tr, y_tr, x_te, y_te
 
 
-# name -> (num_classes, image size, horizontal flip in the weak view)
-DATASETS = {"digits": (10, 32, False), "cifar100": (100, 32, True), "tinyimagenet": (200, 64, True)}
+FASHION_FILES = {"x_tr": "train-images-idx3-ubyte", "y_tr": "train-labels-idx1-ubyte",
+                 "x_te": "t10k-images-idx3-ubyte", "y_te": "t10k-labels-idx1-ubyte"}
+
+
+def read_idx(path):
+    """An IDX file (the MNIST format; gzipped when it ends in .gz): a big-endian header, magic 0x0000 <type> <ndim>,
+    ndim int32 sizes, then the uint8 data. Returns the array with those sizes."""
+    import gzip
+    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+        raw = f.read()
+    zero, dtype, ndim = raw[0] * 256 + raw[1], raw[2], raw[3]
+    if zero != 0 or dtype != 0x08:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes (its header is {raw[:4].hex()})")
+    dims = struct.unpack(f">{ndim}i", raw[4:4 + 4 * ndim])
+    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DataError(f"{path} holds {data.size} bytes of data, its header promises {int(np.prod(dims))} (cut short?)")
+    return data.reshape(dims)
+
+
+def load_fashionmnist_arrays(data_dir, download=False, size=32):
+    """Fashion-MNIST: 60,000 training / 10,000 test greyscale 28x28 images of 10 kinds of clothing, from the four IDX
+    files (.gz or not) under <data_dir>/FashionMNIST/raw/, torchvision's layout. Each image is padded with 2 black
+    pixels a side to size x size (32: the 4x4 grid of 8x8 patches of the digits ViT) rather than resized: the
+    background is black, so padding adds no content and keeps every pixel as it is, where a resize would
+    interpolate them; grey is repeated into 3 channels. Returns uint8 [N, 32, 32, 3] images and int64 labels."""
+    raw = os.path.join(data_dir, "FashionMNIST", "raw")
+    found = {k: next((p for p in (os.path.join(raw, n), os.path.join(raw, n + ".gz")) if os.path.isfile(p)), None)
+             for k, n in FASHION_FILES.items()}
+    if download and None in found.values():
+        from torchvision.datasets import FashionMNIST
+        try:
+            FashionMNIST(data_dir, train=True, download=True)
+            FashionMNIST(data_dir, train=False, download=True)
+        except (RuntimeError, OSError) as e:
+            raise DataError(f"Fashion-MNIST could not be downloaded into {data_dir}: {str(e).splitlines()[0]}") from None
+        return load_fashionmnist_arrays(data_dir, False, size)
+    missing = [FASHION_FILES[k] for k, p in found.items() if p is None]
+    if missing:
+        raise DataError(f"Fashion-MNIST not found: {raw}/ lacks {', '.join(missing)} (.gz or not): pass --download "
+                        f"on a machine with internet (torchvision fetches it), or on Debian `apt-get install "
+                        f"dataset-fashion-mnist` and copy /usr/share/datasets/fashion-mnist/*.gz into {raw}/")
+    out = {k: read_idx(p) for k, p in found.items()}
+    for part in ("tr", "te"):
+        x, y = out[f"x_{part}"], out[f"y_{part}"]
+        if x.ndim != 3 or x.shape[1:] != (28, 28) or y.shape != (len(x),):
+            raise DataError(f"Fashion-MNIST's {part} files hold images {list(x.shape)} and labels {list(y.shape)}, "
+                            f"not [N, 28, 28] and [N]")
+        p = (size - 28) // 2
+        out[f"x_{part}"] = np.repeat(np.pad(x, ((0, 0), (p, size - 28 - p), (p, size - 28 - p)))[..., None], 3, -1)
+        out[f"y_{part}"] = y.astype(np.int64)
+    return out["x_tr"], out["y_tr"], out["x_te"], out["y_te"]
+
+
+# name -> (num_classes, image size, horizontal flip in the weak view: clothes are mirror-symmetric, digits are not)
+DATASETS = {"digits": (10, 32, False), "cifar100": (100, 32, True), "tinyimagenet": (200, 64, True),
+            "fashionmnist": (10, 32, True)}
 # USB's CIFAR-100 statistics (cv_datasets/cifar.py: mean / std on the 0..255 scale, divided by 255)
 CIFAR100_MEAN = tuple(v / 255 for v in (129.3, 124.1, 112.4))
 CIFAR100_STD = tuple(v / 255 for v in (68.2, 65.4, 70.4))
@@ -162,6 +217,11 @@ class Data:
             self.x_tr, self.y_tr, self.x_te, self.y_te = load_digits_arrays(self.size)
             mean = tuple([float(self.x_tr.mean() / 255)] * 3)
             std = tuple([float(self.x_tr.std() / 255)] * 3)
+        elif name == "fashionmnist":  # grey: one statistic for the three repeated channels, as digits
+            self.x_tr, self.y_tr, self.x_te, self.y_te = load_fashionmnist_arrays(data_dir, download, self.size)
+            g = self.x_tr[..., 0].astype(np.float32) / 255  # one channel: 60,000 x 32 x 32 (a float64 copy of
+            m = float(g.mean(dtype=np.float64))             # all three would take 1.5 GB)
+            mean, std = (m,) * 3, (float(np.sqrt((g * g).mean(dtype=np.float64) - m * m)),) * 3
         elif name == "cifar100":
             self.x_tr, self.y_tr, self.x_te, self.y_te = load_cifar100_arrays(data_dir, download)
             mean, std = CIFAR100_MEAN, CIFAR100_STD
@@ -507,6 +567,10 @@ class Batches:
     def __iter__(self):
         for i in range(0, len(self.x), self.size):
             yield (self.normalize(self.x[i:i + self.size].to(self.dev, non_blocking=True)),)
+
+    def subset(self, positions):
+        """The same batches over the images at `positions` only (noise stability's candidate subset)."""
+        return Batches(self.x[torch.as_tensor(positions)], self.normalize, self.dev, self.size)
 
 
 def training_streams(data, labeled, args, uses_unlabeled, start=0):

@@ -96,6 +96,7 @@ def check_flags(args, error):
     need(args.warmup >= 0, f"--warmup must be at least 0, not {args.warmup}")
     need(args.probe >= 0, f"--probe must be at least 0 (0: off), not {args.probe}")
     need(args.val_size >= 0, f"--val-size must be at least 0 (0: none), not {args.val_size}")
+    need(args.noise_subset >= 0, f"--noise-subset must be at least 0 (0: the whole pool), not {args.noise_subset}")
     need(args.fa_warmup >= 0, f"--fa-warmup must be at least 0 iterations, not {args.fa_warmup}")
     for k, (default, _) in fa.READINGS.items():  # a reading of FA without FA is a mistake, not a no-op
         need(args.fa or getattr(args, k) == default, f"{flag(k)} {getattr(args, k)} is a reading of FA: add --fa")

@@ -289,3 +289,34 @@ def test_noise_zero_scale_still_valid():
     check_valid(idx, 6, 20)
     # no noise, no signal: a seeded uniform draw, as in the authors' code
     assert np.array_equal(idx, np.random.default_rng(0).choice(20, 6, replace=False))
+
+
+class ListBatches(list):
+    """A pool loader of (x,) batches that can be cut to a subset of positions, as data.Batches."""
+
+    def subset(self, positions):
+        x = torch.cat([b[0] for b in self])[torch.as_tensor(positions)]
+        return ListBatches([(x[i:i + 8],) for i in range(0, len(x), 8)])
+
+
+def test_noise_on_a_subset_selects_among_a_seeded_random_subset_of_the_pool():
+    model, x = noisy_net(), torch.randn(60, 5, generator=torch.Generator().manual_seed(2))
+    loader = ListBatches([(x[i:i + 8],) for i in range(0, 60, 8)])
+    ctx = dict(feats_pool=torch.zeros(60, 1), model=model, pool_loader=loader, seed=3, noise_subset=25)
+    got = al.select("noise", 6, ctx)
+    check_valid(got, 6, 60)
+    idx = np.sort(np.random.default_rng(3).choice(60, 25, replace=False))  # the subset, drawn independently
+    assert set(got.tolist()) <= set(idx.tolist())
+    sub = al.noise_stability(model, ListBatches([(x[idx][i:i + 8],) for i in range(0, 25, 8)]), 6, seed=3)
+    assert got.tolist() == idx[np.asarray(sub)].tolist()  # positions within the subset mapped back to the pool
+    # a pool no larger than the subset, or noise_subset 0: the whole pool, as before
+    whole = al.noise_stability(model, loader, 6, seed=3)
+    assert al.select("noise", 6, {**ctx, "noise_subset": 60}).tolist() == np.asarray(whole).tolist()
+    assert al.select("noise", 6, {**ctx, "noise_subset": 0}).tolist() == np.asarray(whole).tolist()
+
+
+def test_data_batches_subset_keeps_the_order_of_the_positions():
+    import data as Dm
+    x = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 2, 2).contiguous()
+    b = Dm.Batches(x, lambda t: t.float(), "cpu", size=3).subset([7, 2, 5])
+    assert torch.cat([t for (t,) in b])[:, 0, 0, 0].tolist() == [7.0, 2.0, 5.0]

@@ -578,3 +578,61 @@ def test_training_views_depend_on_the_draw_not_on_workers_or_start(digits):
         assert torch.equal(u["idx"], v["idx"]) and torch.equal(u["strong"], v["strong"])
     for u, v in zip(a[2:], c):
         assert torch.equal(u["idx"], v["idx"]) and torch.equal(u["weak"], v["weak"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fashion-MNIST: IDX files the tests write themselves (the real data is not on CI machines)
+
+def write_idx(path, arr):
+    """An IDX file of unsigned bytes, as the MNIST / Fashion-MNIST files are (gzipped when path ends in .gz)."""
+    import gzip
+    import struct
+    arr = np.asarray(arr, np.uint8)
+    raw = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}i", *arr.shape) + arr.tobytes()
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "wb") as f:
+        f.write(raw)
+
+
+def small_fashion(root, n_tr=40, n_te=20, gz=True):
+    rng = np.random.default_rng(0)
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    arrays = {"x_tr": rng.integers(0, 256, (n_tr, 28, 28)), "y_tr": np.arange(n_tr) % 10,
+              "x_te": rng.integers(0, 256, (n_te, 28, 28)), "y_te": np.arange(n_te) % 10}
+    for k, name in D.FASHION_FILES.items():
+        write_idx(raw / (name + (".gz" if gz and k != "y_te" else "")), arrays[k])  # .gz and plain files mixed
+    return arrays
+
+
+def test_fashionmnist_reads_idx_files_and_pads_28_to_32(tmp_path):
+    arrays = small_fashion(tmp_path)
+    x_tr, y_tr, x_te, y_te = D.load_fashionmnist_arrays(str(tmp_path))
+    assert x_tr.shape == (40, 32, 32, 3) and x_te.shape == (20, 32, 32, 3) and x_tr.dtype == np.uint8
+    assert (x_tr[:, 2:30, 2:30, 0] == arrays["x_tr"]).all()  # every pixel as it was, 2 pixels in
+    assert (x_tr[:, :2] == 0).all() and (x_tr[:, 30:] == 0).all() and (x_tr[:, :, :2] == 0).all()  # black border
+    assert (x_tr[..., 0] == x_tr[..., 2]).all()  # grey in three channels
+    assert y_tr.dtype == np.int64 and (y_tr == arrays["y_tr"]).all() and (y_te == arrays["y_te"]).all()
+    data = D.Data("fashionmnist", str(tmp_path))
+    g = x_tr[..., 0] / 255
+    assert data.mean[0] == pytest.approx(g.mean(), rel=1e-5) and data.std[0] == pytest.approx(g.std(), rel=1e-4)
+    assert data.num_classes == 10 and data.size == 32
+
+
+def test_fashionmnist_missing_or_broken_files_are_one_clear_error(tmp_path):
+    with pytest.raises(D.DataError) as e:
+        D.load_fashionmnist_arrays(str(tmp_path / "nowhere"))
+    msg = str(e.value)
+    assert "FashionMNIST/raw" in msg and "--download" in msg and "apt-get install dataset-fashion-mnist" in msg
+    small_fashion(tmp_path, gz=False)
+    bad = tmp_path / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte"
+    bad.write_bytes(b"\x00\x00\x08\x03" + bytes(12) + b"xx")  # header says 0 x 0 x 0 images, 2 bytes follow
+    with pytest.raises(D.DataError, match="cut short"):
+        D.load_fashionmnist_arrays(str(tmp_path))
+    bad.write_bytes(b"\x01\x02\x08\x03")
+    with pytest.raises(D.DataError, match="not an IDX file"):
+        D.load_fashionmnist_arrays(str(tmp_path))
+
+
+def test_fashionmnist_weak_view_flips():
+    """Clothes are mirror-symmetric: the weak view flips them (digits: never)."""
+    assert D.DATASETS["fashionmnist"][2] is True and D.DATASETS["digits"][2] is False

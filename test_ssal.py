@@ -77,6 +77,7 @@ def test_round0_is_reused_across_selectors(tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (["--dataset", "cifar100", "--budget", "100", "--data-dir", "nowhere"], "cifar-100-python"),  # TINY has 10
     (["--dataset", "tinyimagenet", "--budget", "200", "--data-dir", "nowhere"], "tiny-imagenet-200"),
+    (["--dataset", "fashionmnist", "--data-dir", "nowhere"], "apt-get install dataset-fashion-mnist"),
     (["--weights", "missing.pth"], "--weights file not found"),
     (["--budget", "15"], "multiple of the 10 classes"),
     (["--model", "no_such_net"], "unknown --model"),
