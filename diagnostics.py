@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import data as D
+import fa
 
 
 def pseudo_label_accuracy(logits_w, y, mask=None):
@@ -43,11 +44,7 @@ def pseudo_label_accuracy(logits_w, y, mask=None):
 def anchor_purity(z_u, y_u, z_lb, y_lb):
     """Eq. 11's nearest labeled sample, i* = argmax_{i, t} cos(z_u[j], z_lb[i, t]), and the fraction of rows j whose
     i* has class y_u[j]. z_u [N, d]; z_lb [N_l, T, d] (T views per labeled sample) or [N_l, d] (one view)."""
-    if z_lb.dim() == 2:
-        z_lb = z_lb[:, None]
-    N_l, T, d = z_lb.shape
-    s = F.normalize(z_u, dim=-1) @ F.normalize(z_lb.reshape(N_l * T, d), dim=-1).T  # [N, N_l*T]
-    i_star = s.argmax(1) // T  # [N]
+    i_star = fa.nearest_labeled(z_u, z_lb[:, None] if z_lb.dim() == 2 else z_lb)  # [N], L_s's own Eq. 11
     return (y_lb[i_star] == y_u).float().mean().item()
 
 

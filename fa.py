@@ -62,6 +62,18 @@ class FeatureQueues:
         self.T = self.q_s.shape[1]
 
 
+@torch.no_grad()
+def nearest_labeled(z_s, q_s, filled=None):
+    """Eq. 11: i*_j = argmax_{i, t} cos(z_s[j], q_s[i, t]), the labeled sample (row of q_s) with the view most
+    similar to z_s[j]. z_s [B, d]; q_s [N_l, T, d]; filled [N_l, T] bool or None (all): an unfilled slot is never
+    chosen. Returns i* [B], without a graph (the choice is a constant of L_s)."""
+    N_l, T, d = q_s.shape
+    s = F.normalize(z_s, dim=-1) @ F.normalize(q_s.reshape(N_l * T, d), dim=-1).T  # [B, N_l*T]
+    if filled is not None:
+        s = s.masked_fill(~filled.reshape(1, N_l * T), float("-inf"))
+    return s.argmax(dim=1) // T  # [B] row of the most similar (i, t)
+
+
 def similarity_loss(z_u_w, z_u_s, q_w, q_s, filled=None, mask=None):
     """L_s, Eqs. 11-12. z_u_w, z_u_s [B_u, d]; q_w [N_l, d]; q_s [N_l, T, d]; filled [N_l, T] bool or None (all);
     mask [B_u] (bool or 0/1) or None.
@@ -80,10 +92,7 @@ def similarity_loss(z_u_w, z_u_s, q_w, q_s, filled=None, mask=None):
         filled = torch.ones(N_l, T, dtype=torch.bool, device=q_s.device)
     if not bool(filled.any()):
         return z_u_w.sum() * 0.0
-    with torch.no_grad():
-        s = F.normalize(z_u_s.detach(), dim=-1) @ F.normalize(q_s.reshape(N_l * T, d), dim=-1).T  # [B_u, N_l*T]
-        s = s.masked_fill(~filled.reshape(1, N_l * T), float("-inf"))
-        i_star = s.argmax(dim=1) // T  # [B_u] Eq. 11: row of the most similar (i, t)
+    i_star = nearest_labeled(z_u_s, q_s, filled)  # [B_u] Eq. 11
     sim = F.cosine_similarity(z_u_w, q_w[i_star].detach(), dim=-1)  # [B_u]
     if mask is None:
         return (1.0 - sim).mean()  # Eq. 12, averaged over the batch

@@ -341,23 +341,22 @@ def train(args, data, labeled, rnd, log=None, ck=None, resume=None):
             raise runstate.diverged(args, rnd, it + 1, terms, ck)
         n = S["n"] = it + 1  # iterations done
         window.add(terms)
-        if n % args.eval_every == 0 or n == args.iters:  # USB's periodic evaluation
+        if n % args.eval_every == 0 or n == args.iters:  # USB's periodic evaluation (+ validation and probe)
             t0 = time.time()
             acc, S["hist"] = test_accuracy(model, x_te, data.y_te, data, args)
-            val = x_val is not None and test_accuracy(model, x_val, data.y_val, data, args)[0]
-            if x_val is not None:
-                S["val_curve"].append({"iter": n, "acc": val})
-            model.train()
-            window.leave_out(time.time() - t0)
             S["curve"].append({"iter": n, "acc": acc})
-            diag = probe and probe.measure(lambda x: run_model(model, x, data, args), model.get_classifier().weight,
-                                           algo.threshold)  # the paper's FA quantities (diagnostics.py)
+            extra = {}  # the evaluation line's other measures
+            if x_val is not None:
+                extra["val_acc"] = test_accuracy(model, x_val, data.y_val, data, args)[0]
+                S["val_curve"].append({"iter": n, "acc": extra["val_acc"]})
+            if probe:  # the paper's FA quantities (diagnostics.py)
+                extra["probe"] = probe.measure(lambda x: run_model(model, x, data, args),
+                                               model.get_classifier().weight, algo.threshold)
+                S["diag_curve"].append({"iter": n, **extra["probe"]})
             model.train()
-            if diag:
-                S["diag_curve"].append({"iter": n, **diag})
+            window.leave_out(time.time() - t0)  # sec_per_iter counts training only
             if log:
-                log.write(round=rnd, iter=n, test_acc=acc, **({"val_acc": val} if x_val is not None else {}),
-                          **({"probe": diag} if diag else {}))
+                log.write(round=rnd, iter=n, test_acc=acc, **extra)
         if n % args.log_every == 0 or n == args.iters:
             rec, sec = window.flush()  # the loss parts and mask ratio averaged since the previous line
             if log:
