@@ -349,6 +349,129 @@ def against_table(pairs):
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# FA's readings: chosen on the validation split, tested once on fresh seeds (docs/fa-readings.md)
+
+def fa_flags(cfg):
+    """The ssal.py flags that make a run's FA variant (fa.variant's inverse): '' without FA, else '--fa --lambda-s
+    .. --lambda-c .. --queue-len ..' and each reading that is not the default."""
+    if not cfg.get("fa"):
+        return ""
+    f = f"--fa --lambda-s {cfg['lambda_s']:g} --lambda-c {cfg['lambda_c']:g} --queue-len {cfg['queue_len']}"
+    return f + "".join(f" --{k.replace('_', '-')} {cfg[k]}" for k, (default, _) in fa.READINGS.items()
+                       if cfg.get(k, default) != default)
+
+
+def val_runs(folder):
+    """{ssl: {variant: {(dataset, budget, al, seed): best validation accuracy % of the final training}}} and
+    {variant: its flags} over the runs with a validation curve. The validation accuracy alone: no test number
+    enters the choice."""
+    acc, flags = defaultdict(lambda: defaultdict(dict)), {}
+    for r, (ds, b, ssl, var, al) in one_round_results(folder):
+        vc = r.get("final", {}).get("val_curve")
+        if vc:
+            acc[ssl][var][(ds, b, al, r["config"]["seed"])] = 100 * max(v["acc"] for v in vc)
+            flags[var] = fa_flags(r["config"])
+    return {k: dict(v) for k, v in acc.items()}, flags
+
+
+def readings_pick(acc):
+    """Per SSL algorithm: the FA variant with the highest mean validation accuracy over the sweep's runs, or None
+    while any variant (no FA included) lacks a run the others have: a pick is made on the complete sweep only."""
+    picks = {}
+    for ssl, by_var in acc.items():
+        runs = set().union(*(set(v) for v in by_var.values()))
+        complete = all(set(v) == runs for v in by_var.values())
+        fa_vars = [v for v in by_var if v != "none"]
+        picks[ssl] = (max(fa_vars, key=lambda v: np.mean(list(by_var[v].values())))
+                      if complete and fa_vars and "none" in by_var else None)
+    return picks
+
+
+def readings_table(acc, flags, picks):
+    """Per SSL algorithm, one row per FA variant (best mean first): mean +- sample std of the final training's best
+    validation accuracy, and the paired difference against no FA and against today's FA (same setting, selector and
+    seed), with the pairs better and a two-sided sign test."""
+    lines = []
+    for ssl, by_var in sorted(acc.items()):
+        today = fa.variant(dict(fa=True, lambda_s=1.0, lambda_c=0.01, queue_len=10))  # the default FA
+        lines += ["", f"### {ssl}", "", "| FA | flags | runs | validation accuracy | against no FA (pairs better, p) "
+                  "| against today's FA (pairs better, p) |", "|---|---|---|---|---|---|"]
+        order = sorted(by_var, key=lambda v: -np.mean(list(by_var[v].values())))
+        for var in order:
+            v = by_var[var]
+            cells = []
+            for base in ("none", today):
+                common = sorted(set(v) & set(by_var.get(base, {})))
+                if base is None or base == var or not common:
+                    cells.append("-")
+                    continue
+                d = np.array([v[k] - by_var[base][k] for k in common])
+                p = min(1.0, 2 * min(sign_test(d), sign_test(-d)))
+                cells.append(f"{d.mean():+.2f} ({(d > 0).sum()}/{len(d)}, p = {p:.2f})")
+            name = ("**" + var + "** (pick)") if picks.get(ssl) == var else var
+            lines.append(f"| {name} | `{flags[var] or '-'}` | {len(v)} | {fmt(list(v.values()))} | " +
+                         " | ".join(cells) + " |")
+        if picks.get(ssl) is None:
+            lines += ["", "No pick yet: the sweep is incomplete (every variant needs the same runs)."]
+    return "\n".join(lines)
+
+
+def readings(folders, out):
+    """report.py --readings: readings.md (and pick.txt once the sweep is complete) in out."""
+    acc, flags = val_runs(folders)
+    picks = readings_pick(acc)
+    md = ["# FA's readings on the validation split", "", "The final training's best validation accuracy (%), mean ± "
+          "sample std over the sweep's runs (settings, selectors, seeds); differences paired by setting, selector and "
+          "seed; p: two-sided sign test. The pick per SSL algorithm: the FA variant with the highest mean, made on "
+          "the complete sweep only. No test accuracy is read here.", readings_table(acc, flags, picks)]
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "readings.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md))
+    if picks and all(picks.values()):
+        with open(os.path.join(out, "pick.txt"), "w") as f:
+            f.write("# FA's reading per SSL algorithm, chosen on validation by report.py --readings\n")
+            f.writelines(f"{ssl} {flags[v]}\n" for ssl, v in sorted(picks.items()))
+        print(f"wrote {os.path.join(out, 'pick.txt')}")
+
+
+def pick_test(seeded, picks):
+    """The pick against no FA on fresh seeds: {(dataset, budget, ssl): (per selector {al: (pick %, no FA %) lists
+    paired by seed}, all pairs' differences)} from {key: {seed: acc}}."""
+    out = {}
+    for ds, b, ssl, var, al in sorted({k for k in seeded if k[3] == picks.get(k[2])}):
+        base = seeded.get((ds, b, ssl, "none", al), {})
+        common = sorted(set(seeded[(ds, b, ssl, var, al)]) & set(base))
+        if common:
+            per, _ = out.setdefault((ds, b, ssl), ({}, []))
+            per[al] = ([seeded[(ds, b, ssl, var, al)][s] for s in common], [base[s] for s in common])
+    return {k: (per, np.concatenate([np.subtract(*x) for x in per.values()])) for k, (per, _) in out.items()}
+
+
+def pick_test_table(tests, picks):
+    lines = ["| Setting | SSL | pick | " + " | ".join(HEAD[1:]) + " | all pairs: mean difference (pick better, p) |",
+             "|---" * (len(HEAD) + 3) + "|"]
+    for (ds, b, ssl), (per, d) in sorted(tests.items()):
+        cols = [f"{np.mean(per[al][0]):.2f} / {np.mean(per[al][1]):.2f}" if al in per else "missing"
+                for al in SELECTORS[1:]]
+        p = min(1.0, 2 * min(sign_test(d), sign_test(-d)))
+        lines.append(f"| {ds} #{b} | {ssl} | {picks[ssl]} | " + " | ".join(cols) +
+                     f" | {d.mean():+.2f} ({(d > 0).sum()}/{len(d)}, p = {p:.2f}) |")
+    return "\n".join(lines)
+
+
+def read_picks(path):
+    """pick.txt, '<ssl> <ssl.py FA flags>' per line ('#' starts a comment) -> {ssl: the variant those flags make}."""
+    import ssal  # ssal.py's own parser reads the flags, so a pick means what it means to ssal.py
+    picks = {}
+    for line in open(path):
+        if line.strip() and not line.startswith("#"):
+            ssl, *flags = line.split()
+            picks[ssl] = fa.variant(vars(ssal.get_args(["--ssl", ssl, *flags])))
+    return picks
+
+
 def sign_test(d):
     """One-sided sign test of paired differences d: P(at least as many positive signs | no effect), ties dropped."""
     d = np.asarray(d)
@@ -436,12 +559,22 @@ def main(argv=None):
     p.add_argument("--against", metavar="FOLDER",
                    help="also compare with the same runs (same cells and seeds) in another results folder, e.g. "
                         "one made with another preset: round 0 and final accuracy, paired by seed")
+    p.add_argument("--readings", action="store_true",
+                   help="FA's readings sweep (run_experiment.sh readings): <out>/readings.md, every FA variant's "
+                        "final-training validation accuracy against no FA and today's FA, and, once the sweep is "
+                        "complete, the pick per SSL algorithm (best mean validation accuracy) as <out>/pick.txt; no "
+                        "test accuracy is read")
+    p.add_argument("--pick", metavar="FILE",
+                   help="pick.txt: add the picked readings against no FA (run_experiment.sh readings-test), per "
+                        "selector, paired by seed, with a two-sided sign test over every pair")
     p.add_argument("--curves", nargs="+", metavar="RUN",
                    help="draw the training curves only (no tables): <out>/curves_<name>.png per RUN, a "
                         "<name>.log.jsonl file, a result <name>.json (its sibling log is read) or a run name in --runs")
     args = p.parse_args(argv)
     if args.curves:
         return curves(args.curves, args.runs, args.out)
+    if args.readings:
+        return readings(args.runs, args.out)
     seeded, marked = load_runs(args.runs, by_seed=True, metric=args.metric)
     cells = seed_lists(seeded)
     collapsed = collapsed_runs(args.runs)
@@ -507,6 +640,13 @@ def main(argv=None):
         md += ["", f"## Against {args.against}", "", f"The runs found in both folders, paired by seed ({args.metric} "
                "accuracy, mean over the pairs; a seed has the same initial labels in both; p: one-sided sign test "
                "that this folder is better).", "", against_table(against(args.runs, args.against, args.metric))]
+    if args.pick:
+        picks = read_picks(args.pick)
+        md += ["", f"## The pick against no FA ({args.pick})", "", f"Each SSL algorithm's reading as chosen on the "
+               f"validation split, against no FA on the runs found ({args.metric} accuracy): per selector the "
+               "means, pick / no FA, over the seeds both have; then every pair's difference (same setting, selector "
+               "and seed), how many the pick wins, and a two-sided sign test.", "",
+               pick_test_table(pick_test(seeded, picks), picks)]
     if args.fig3:
         fig3(*args.fig3, os.path.join(args.out, "fig3.png"))
         md += ["", "Fig. 3: fig3.png"]

@@ -4,6 +4,9 @@
 #   bash run_experiment.sh table1     # Table 1: settings x {supervised, fixmatch(+FA), freematch(+FA)} x 5 selectors
 #   bash run_experiment.sh table2     # Table 2: FreeMatch, CIFAR-100 #100: none / +L_s / +L_s+L_c, 4 selectors
 #   bash run_experiment.sh fig2       # Fig. 2: FreeMatch + FA, CIFAR-100 #100, T in 1 2 5 10 15 20, 4 selectors
+#   bash run_experiment.sh readings   # FA's readings (docs/fa-readings.md), one at a time, on a validation split:
+#                                     # no FA, today's FA, each other reading, lambda_s 0.1 / 0.3, warm-up; seeds 0-4
+#   bash run_experiment.sh readings-test   # the committed pick ($PICK) against no FA on fresh seeds (5-9)
 #
 # Knobs (environment variables):
 #   PRESET=paper|digits   paper: CIFAR-100 / TinyImageNet as in the paper; digits: the same grid shape on the
@@ -21,7 +24,11 @@
 #                         the run checkpoint (TERM to ssal.py, which exits 143) and the task requeue itself
 #                         (scontrol requeue); a requeued task resumes from $OUT/ckpt/. Exit codes 2 (user error)
 #                         and 3 (loss diverged) are never requeued
-#   OUT=results/runs      where the result files and round-0 checkpoints go
+#   OUT=results/runs      where the result files and round-0 checkpoints go (readings: results/fa-readings/sweep,
+#                         readings-test: results/fa-readings/test)
+#   VAL=200               readings grids: --val-size (default: 200 on digits, the dataset's preset otherwise)
+#   PICK=FILE             readings-test: the pick, one line per SSL algorithm, '<ssl> <ssl.py FA flags>'
+#                         (report.py --readings writes it as pick.txt beside the sweep's tables)
 #   EXTRA="--weights vit_small_patch2_32_mlp_im_1k_32.pth"   flags added to every run
 #
 # Resumable: a run whose result file exists is skipped (ssal.py --skip-existing), an interrupted run resumes from
@@ -32,6 +39,7 @@ cd "$(dirname "$0")"
 
 GRID=${1:-table1}
 PRESET=${PRESET:-paper}
+SEEDS_SET=${SEEDS:+1} SELECTORS_SET=${SELECTORS:+1} SSLS_SET=${SSLS:+1} OUT_SET=${OUT:+1}   # given by the user (the readings grids have their own defaults)
 SEEDS=${SEEDS:-0 1 2}
 SELECTORS=${SELECTORS:-random coreset alphamix activeft noise}
 SSLS=${SSLS:-supervised fixmatch freematch}
@@ -40,7 +48,7 @@ EXTRA=${EXTRA:-}
 PY=${PYTHON:-python}
 
 if [ "$PRESET" = digits ]; then
-  SETTINGS_T1="digits:10 digits:20"; SETTING_100="digits:10"
+  SETTINGS_T1="digits:10 digits:20"; SETTING_100="digits:10"; VAL=${VAL:-200}
 elif [ "$PRESET" = paper ]; then
   SETTINGS_T1="cifar100:100 cifar100:200 tinyimagenet:200 tinyimagenet:400"; SETTING_100="cifar100:100"
 else
@@ -81,7 +89,44 @@ case "$GRID" in
         done
       done
     done ;;
-  *) echo "error: unknown grid '$GRID' (use table1, table2 or fig2)" >&2; exit 2 ;;
+  readings|readings-test)
+    if [ -z "${VAL:-}" ] && [ -z "${DATASETS:-}" ]; then
+      echo "error: the readings grids choose on a validation split: set VAL (--val-size) for PRESET=$PRESET" >&2; exit 2
+    fi ;;&
+  readings)  # one reading at a time against today's FA (the first line: no FA); chosen on validation, so
+             # every run holds out --val-size images; the pick (report.py --readings) is committed before readings-test
+    READINGS=("" "--fa" "--fa --ls-samples masked" "--fa --lc-norm unit --lambda-c 0.5" "--fa --lc-views all"
+              "--fa --fa-trainings query" "--fa --lambda-s 0.1" "--fa --lambda-s 0.3" "--fa --fa-warmup 100")
+    [ -n "${SELECTORS_SET:-}" ] || SELECTORS="coreset random"
+    [ -n "${SSLS_SET:-}" ] || SSLS="fixmatch freematch"
+    [ -n "${SEEDS_SET:-}" ] || SEEDS="0 1 2 3 4"
+    [ -n "${OUT_SET:-}" ] || OUT=results/fa-readings/sweep   # val runs in their own folder
+    for seed in $SEEDS; do   # seed-major: a grid cut short still covers every reading
+      for s in ${DATASETS:-$SETTINGS_T1}; do ds=${s%%:*}; b=${s##*:}
+        for ssl in $SSLS; do
+          for fa in "${READINGS[@]}"; do
+            for al in $SELECTORS; do add --dataset "$ds" --budget "$b" --ssl $ssl $fa --al "$al" --seed "$seed" ${VAL:+--val-size $VAL}; done
+          done
+        done
+      done
+    done ;;
+  readings-test)  # the pick against no FA, on seeds that took no part in choosing it
+    PICK=${PICK:-results/fa-readings/pick.txt}
+    [ -f "$PICK" ] || { echo "error: no pick file $PICK (report.py --readings writes one; commit it first)" >&2; exit 2; }
+    [ -n "${SELECTORS_SET:-}" ] || SELECTORS="coreset alphamix activeft noise"
+    [ -n "${SEEDS_SET:-}" ] || SEEDS="5 6 7 8 9"
+    [ -n "${OUT_SET:-}" ] || OUT=results/fa-readings/test
+    for seed in $SEEDS; do
+      for s in ${DATASETS:-$SETTINGS_T1}; do ds=${s%%:*}; b=${s##*:}
+        while read -r ssl flags; do
+          [ -n "$ssl" ] && [ "${ssl:0:1}" != "#" ] || continue
+          for fa in "" "$flags"; do
+            for al in $SELECTORS; do add --dataset "$ds" --budget "$b" --ssl $ssl $fa --al "$al" --seed "$seed" ${VAL:+--val-size $VAL}; done
+          done
+        done < "$PICK"
+      done
+    done ;;
+  *) echo "error: unknown grid '$GRID' (use table1, table2, fig2, readings or readings-test)" >&2; exit 2 ;;
 esac
 
 N=${#RUNS[@]}

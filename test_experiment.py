@@ -1,5 +1,6 @@
 """Tests of the experiment grid (run_experiment.sh) and the report (report.py)."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -7,8 +8,10 @@ import sys
 import numpy as np
 import pytest
 
+import fa
 import figures
 import report
+import ssal
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -545,3 +548,99 @@ def test_metric_val_reads_the_best_validation_point_and_leaves_runs_without_one_
     report.main(["--runs", str(tmp_path), "--out", str(out), "--metric", "val"])
     md = (out / "tables.md").read_text()
     assert "Metric: **val**" in md and f"{np.mean([91.0, 85.0]):.2f} ± {np.std([91.0, 85.0], ddof=1):.2f}" in md
+
+
+@pytest.mark.parametrize("name, env, n", [
+    ("readings", {"PRESET": "digits"}, 5 * 2 * 2 * 9 * 2),       # seeds 0-4 x 2 budgets x 2 SSL x 9 variants x 2 selectors
+    ("readings", {"PRESET": "digits", "SEEDS": "0", "SELECTORS": "random"}, 2 * 2 * 9),
+])
+def test_readings_grid_counts_and_every_run_holds_out_validation(tmp_path, name, env, n):
+    out = grid(name, tmp_path, DRY_RUN="1", **env)
+    cmds = [l for l in out.splitlines() if l.startswith("python")]
+    assert len(cmds) == n == len(set(cmds)) and all("--val-size 200" in c for c in cmds)
+    assert sum("--fa " not in c for c in cmds) == n // 9  # one variant without FA
+    # the same ssal.py names as report.py's variants: each FA flag set gives a distinct variant
+    names = {ssal.get_args(c.split()[2:c.split().index("--out")]).name for c in cmds}
+    assert len(names) == n
+
+
+def test_readings_test_grid_reads_the_pick_and_refuses_without_one(tmp_path):
+    pick = tmp_path / "pick.txt"
+    e = dict(os.environ, OUT=str(tmp_path / "runs"), PRESET="digits", DRY_RUN="1", PICK=str(pick))
+    p = subprocess.run(["bash", os.path.join(HERE, "run_experiment.sh"), "readings-test"], capture_output=True,
+                       text=True, env=e)
+    assert p.returncode == 2 and "no pick file" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    pick.write_text("# comment\nfixmatch --fa --lambda-s 0.3\nfreematch --fa --ls-samples masked\n")
+    cmds = [l for l in grid("readings-test", tmp_path, PRESET="digits", DRY_RUN="1", PICK=str(pick)).splitlines()
+            if l.startswith("python")]
+    assert len(cmds) == 5 * 2 * 2 * 2 * 4  # seeds 5-9 x 2 budgets x 2 SSL x (pick, none) x 4 selectors
+    assert {c.split("--seed ")[1].split()[0] for c in cmds} == {"5", "6", "7", "8", "9"}
+    assert not [c for c in cmds if "--al random" in c]
+    fix_fa = [c for c in cmds if "fixmatch" in c and "--fa" in c]
+    assert len(fix_fa) == 40 and all("--lambda-s 0.3" in c and "masked" not in c for c in fix_fa)
+
+
+def write_val_run(folder, ssl, flags, al, seed, val_curve, test=0.5):
+    """A hand-written one-round result with a validation curve, its config from ssal.py's own parser."""
+    a = vars(ssal.get_args(["--ssl", ssl, "--al", al, "--seed", str(seed), "--budget", "10", "--val-size", "200",
+                            *flags.split()]))
+    r = {"config": a, "final_acc": test, "final_best_acc": test, "final_val_acc": test,
+         "final": {"acc_best": test, "acc_last": test, "acc_val": test,
+                   "val_curve": [{"iter": 50 * (i + 1), "acc": v} for i, v in enumerate(val_curve)]}}
+    json.dump(r, open(os.path.join(folder, a["name"] + ".json"), "w"))
+
+
+def test_readings_pick_the_best_mean_validation_and_only_on_a_complete_sweep(tmp_path):
+    rng = np.random.default_rng(0)
+    variants = ["", "--fa", "--fa --ls-samples masked", "--fa --lambda-s 0.3"]
+    best = {}  # by hand: each variant's mean over runs of the final training's best validation accuracy
+    for v in variants:
+        vals = []
+        for al in ("coreset", "random"):
+            for seed in range(3):
+                curve = rng.uniform(0.5, 0.9, size=4).tolist()
+                write_val_run(tmp_path, "freematch", v, al, seed, curve, test=rng.uniform())  # test: never read
+                vals.append(100 * max(curve))
+        best[v] = np.mean(vals)
+    acc, flags = report.val_runs(str(tmp_path))
+    want = max(variants[1:], key=best.get)
+    picks = report.readings_pick(acc)
+    variant = {v: fa.variant(vars(ssal.get_args(v.split()))) for v in variants}
+    assert picks["freematch"] == variant[want]
+    for v in variants:
+        assert np.mean(list(acc["freematch"][variant[v]].values())) == pytest.approx(best[v])
+    # the flags written for the pick make the same variant again (pick.txt round trip)
+    out = tmp_path / "out"
+    report.main(["--runs", str(tmp_path), "--out", str(out), "--readings"])
+    assert report.read_picks(out / "pick.txt") == picks
+    md = (out / "readings.md").read_text()
+    assert f"**{picks['freematch']}** (pick)" in md and "No pick yet" not in md
+    # one run fewer for one variant: no pick
+    os.remove(next(tmp_path.glob("*lsmasked-coreset-r1-s0.json")))
+    acc, _ = report.val_runs(str(tmp_path))
+    assert report.readings_pick(acc) == {"freematch": None}
+    report.main(["--runs", str(tmp_path), "--out", str(out / "x"), "--readings"])
+    assert not (out / "x" / "pick.txt").exists() and "No pick yet" in (out / "x" / "readings.md").read_text()
+
+
+def test_pick_test_pairs_the_pick_with_no_fa_by_seed(tmp_path):
+    (tmp_path / "pick.txt").write_text("freematch --fa --fa-warmup 100\n")
+    want = []
+    for al in ("coreset", "alphamix"):
+        for seed in (5, 6, 7):
+            a, b = 0.8 + 0.01 * seed, 0.8 + (0.02 if al == "coreset" else -0.01) * (seed - 5)
+            write_val_run(tmp_path, "freematch", "--fa --fa-warmup 100", al, seed, [0.5], test=a)
+            write_val_run(tmp_path, "freematch", "", al, seed, [0.5], test=b)
+            want.append(100 * (a - b))
+    write_val_run(tmp_path, "freematch", "--fa", "coreset", 5, [0.5], test=0.99)  # not the pick: left out
+    write_val_run(tmp_path, "freematch", "--fa --fa-warmup 100", "activeft", 8, [0.5], test=0.99)  # no twin
+    picks = report.read_picks(tmp_path / "pick.txt")
+    assert picks == {"freematch": "fa_s1_c0.01_T10_faw100"}
+    seeded, _ = report.load_runs(str(tmp_path), by_seed=True, metric="val")
+    (per, d), = report.pick_test(seeded, picks).values()
+    assert sorted(per) == ["alphamix", "coreset"] and sorted(d) == pytest.approx(sorted(want))
+    md = report.pick_test_table(report.pick_test(seeded, picks), picks)
+    k = sum(x > 0 for x in want)
+    n = sum(x != 0 for x in want)
+    p = min(1.0, 2 * min(sum(math.comb(n, i) for i in range(k, n + 1)), sum(math.comb(n, i) for i in range(n - k, n + 1))) / 2 ** n)
+    assert f"{np.mean(want):+.2f} ({k}/{len(want)}, p = {p:.2f})" in md
