@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data as D
+import runstate
 import ssal
 
 LETTERS = string.ascii_uppercase + string.ascii_lowercase
@@ -169,6 +170,26 @@ def digit_view(x, g):
     return to_digits(x * (0.7 + 0.6 * torch.rand(len(x), 1, 1, 1, generator=g)))
 
 
+def fashion_view(x, g, scale=(0.3, 1.0), ratio=(0.75, 1.33), ink=(0.6, 1.4)):
+    """One SimCLR view of Fashion-MNIST images x, float [B, 1, 32, 32] in [0, 1] (28x28 padded): SimCLR's own
+    augmentations for a grey image, drawn from g: a random resized crop (area U(scale) of the image, aspect ratio
+    log-uniform in ratio, anywhere inside it) back to 32x32, a horizontal flip half the time (clothes are
+    mirror-symmetric), and a brightness change (x U(ink), clipped). uint8 [B, 3, 32, 32]."""
+    n = len(x)
+    u = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
+    area = scale[0] + u(n) * (scale[1] - scale[0])
+    r = torch.exp(math.log(ratio[0]) + u(n) * (math.log(ratio[1]) - math.log(ratio[0])))
+    w, h = (area * r).sqrt().clamp(max=1), (area / r).sqrt().clamp(max=1)  # crop sides, fractions of the image
+    cx, cy = (u(n) * 2 - 1) * (1 - w), (u(n) * 2 - 1) * (1 - h)  # crop centres, inside the image
+    flip = torch.where(u(n) < 0.5, -1.0, 1.0)
+    zero = torch.zeros(n)
+    A = torch.stack([torch.stack([w * flip, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)  # [B, 2, 3]
+    x = F.grid_sample(x, F.affine_grid(A, (n, 1, 32, 32), align_corners=False), mode="bilinear",
+                      padding_mode="border", align_corners=False)  # a crop at the edge: no dark half-pixel
+    x = x * (ink[0] + u(n, 1, 1, 1) * (ink[1] - ink[0]))
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1)
+
+
 def nt_xent(z1, z2, temp):
     """SimCLR's NT-Xent loss. z1, z2 [B, k]: projections of two views of the same B images. Each of the 2B
     projections must pick its partner among the 2B - 1 others (cosine similarity / temp), averaged over all 2B."""
@@ -221,62 +242,85 @@ def fit(model, params, iters, a, loss_fn, desc):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Make the digits ViT's pretrained start (see the module docstring).")
+    p = argparse.ArgumentParser(description="Make a ViT's pretrained start for ssal.py (see the module docstring).")
     a = p.add_argument
-    a("--chars-iters", type=int, default=2000, help="stage 1 iterations (printed characters, supervised)")
-    a("--simclr-iters", type=int, default=800, help="stage 2 iterations (SimCLR on the digits training images)")
-    a("--batch", type=int, default=256, help="images per iteration (stage 2: x 2 views)")
-    a("--lr", type=float, default=1e-3, help="AdamW learning rate of both stages (warm-up, then cosine to 0)")
+    a("--dataset", default="digits", choices=("digits", "fashionmnist"),
+      help="digits: printed characters, then SimCLR on the digits; fashionmnist: SimCLR on its 60,000 training "
+           "images (no label, no test image)")
+    a("--data-dir", default="./data", help="folder holding FashionMNIST/raw/ (as ssal.py's --data-dir)")
+    a("--init", help="a state dict to start from instead of a random initialisation (fashionmnist; e.g. the digits "
+                     "start)")
+    a("--chars-iters", type=int, default=2000, help="stage 1 iterations (digits: printed characters, supervised)")
+    a("--simclr-iters", type=int, help="SimCLR iterations. Default: digits 800, fashionmnist 3000")
+    a("--batch", type=int, default=256, help="images per iteration (SimCLR: x 2 views)")
+    a("--lr", type=float, default=1e-3, help="AdamW learning rate of each stage (warm-up, then cosine to 0)")
     a("--wd", type=float, default=0.05, help="AdamW weight decay")
     a("--warmup", type=int, default=100, help="warm-up iterations of each stage")
     a("--smooth", type=float, default=0.1, help="label smoothing of stage 1's cross-entropy")
-    a("--temp", type=float, default=0.2, help="NT-Xent temperature of stage 2")
+    a("--temp", type=float, default=0.2, help="NT-Xent temperature of SimCLR")
+    a("--crop-scale", type=float, default=0.3, help="fashionmnist: the smallest crop area of a SimCLR view")
     a("--seed", type=int, default=0, help="seed of the initial weights, the renderings and the views")
     a("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
-    a("--out", default=os.path.join("weights", "vit_tiny_digits.pt"), help="state dict written (+ a .json recipe)")
+    a("--out", help="state dict written (+ a .json recipe). Default: weights/vit_tiny_<dataset>.pt")
     args = p.parse_args(argv)
+    if args.simclr_iters is None:
+        args.simclr_iters = 800 if args.dataset == "digits" else 3000
+    args.out = args.out or os.path.join("weights", f"vit_tiny_{args.dataset}.pt")
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     t0 = time.time()
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)  # every rendering and view is drawn on the CPU from g
-    data = D.Data("digits")  # normalize() uses the training images' mean / std, as ssal.py does
-    chars = charset()
-    templates, labels = glyph_templates(chars)
-    print(f"stage 1: {len(chars)} characters, {len(templates)} glyph templates; stage 2: {len(data.y_tr)} digits "
-          f"training images (no label); device {dev}")
-    model = ssal.build_model(ssal.get_args(["--scratch"]), len(chars), data.size).to(dev)
+    try:
+        data = D.Data(args.dataset, args.data_dir)  # normalize() uses the training images' mean / std, as ssal.py
+    except D.DataError as e:
+        p.exit(2, f"error: {e}\n")
+    meta = {}
+    if args.dataset == "digits":
+        chars = charset()
+        templates, labels = glyph_templates(chars)
+        print(f"stage 1: {len(chars)} characters, {len(templates)} glyph templates; stage 2: {len(data.y_tr)} "
+              f"digits training images (no label); device {dev}")
+        model = ssal.build_model(ssal.get_args(["--scratch"]), len(chars), data.size).to(dev)
 
-    def chars_loss():
-        x, y = printed_batch(templates, labels, args.batch, g)
-        _, logits = ssal.features_and_logits(model, data.normalize(x.to(dev)))
-        return F.cross_entropy(logits, y.to(dev), label_smoothing=args.smooth)
+        def chars_loss():
+            x, y = printed_batch(templates, labels, args.batch, g)
+            _, logits = ssal.features_and_logits(model, data.normalize(x.to(dev)))
+            return F.cross_entropy(logits, y.to(dev), label_smoothing=args.smooth)
 
-    fit(model, model.parameters(), args.chars_iters, args, chars_loss, "stage 1: printed characters")
-    after1 = one_nn(model, data)
+        fit(model, model.parameters(), args.chars_iters, args, chars_loss, "stage 1: printed characters")
+        meta.update(classes_stage1=len(chars), templates=len(templates), one_nn_after_stage1=one_nn(model, data))
+        view = digit_view
+    else:
+        print(f"SimCLR on {len(data.y_tr)} {args.dataset} training images (no label); device {dev}")
+        model = ssal.build_model(ssal.get_args(["--scratch"]), data.num_classes, data.size).to(dev)
+        if args.init:
+            runstate.load_weights(model, runstate.weights_file(args.init))
+        meta.update(one_nn_before=one_nn(model, data))
+        view = lambda x, g: fashion_view(x, g, scale=(args.crop_scale, 1.0))  # noqa: E731
     d = model.num_features
     proj = nn.Sequential(nn.Linear(d, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, 128)).to(dev)
-    x_tr = torch.from_numpy(data.x_tr[..., 0]).float().div(255)[:, None]  # [N, 1, 32, 32]: the digits are grey
+    x_tr = torch.from_numpy(data.x_tr[..., 0]).float().div(255)[:, None]  # [N, 1, 32, 32]: both are grey
 
     def simclr_loss():
         xb = x_tr[torch.randint(len(x_tr), (args.batch,), generator=g)]
-        v = data.normalize(torch.cat([digit_view(xb, g), digit_view(xb, g)]).to(dev))  # [2B, 3, 32, 32]
+        v = data.normalize(torch.cat([view(xb, g), view(xb, g)]).to(dev))  # [2B, 3, 32, 32]
         z = proj(ssal.features_and_logits(model, v)[0])  # [2B, 128]
         return nt_xent(z[:args.batch], z[args.batch:], args.temp)
 
     fit(model, list(model.parameters()) + list(proj.parameters()), args.simclr_iters, args, simclr_loss,
-        "stage 2: SimCLR on digits")
+        f"SimCLR on {args.dataset}")
     final = one_nn(model, data)
     head = {n for n, _ in model.get_classifier().named_parameters(prefix="head")}
     state = {k: v.cpu() for k, v in model.state_dict().items() if k not in head}
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     torch.save(state, args.out)
-    meta = {"recipe": vars(args), "device": dev, "classes_stage1": len(chars), "templates": len(templates),
-            "seconds": round(time.time() - t0), "one_nn_after_stage1": after1, "one_nn": final,
+    meta = {"recipe": vars(args), "device": dev, **meta, "seconds": round(time.time() - t0), "one_nn": final,
             "torch": torch.__version__}
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump(meta, f, indent=1)
-    print(f"1-NN test accuracy, 1 label per class (seeds 0-4): {after1[0]:.1f} +- {after1[1]:.1f} % after stage 1, "
-          f"{final[0]:.1f} +- {final[1]:.1f} % after stage 2; wrote {args.out} in {time.time() - t0:.0f} s")
+    before = meta.get("one_nn_after_stage1", meta.get("one_nn_before"))
+    print(f"1-NN test accuracy, 1 label per class (seeds 0-4): {before[0]:.1f} +- {before[1]:.1f} % before SimCLR, "
+          f"{final[0]:.1f} +- {final[1]:.1f} % after; wrote {args.out} in {time.time() - t0:.0f} s")
     return final
 
 

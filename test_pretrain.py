@@ -1,5 +1,6 @@
 """pretrain.py: the NT-Xent loss, the digits look of the renderings, the 1-NN measure, the weights it writes, and
 how ssal.py starts from them (preset) or not (--scratch)."""
+import json
 import math
 import os
 import subprocess
@@ -98,6 +99,47 @@ def test_pretrain_writes_weights_that_ssal_loads(tmp_path):
     model = ssal.build_model(ssal.get_args(["--weights", str(out)]), 10, 32)
     own = model.state_dict()
     assert all(torch.equal(own[k], v) for k, v in state.items())
+
+
+def test_fashion_view_without_crop_or_brightness_is_the_image_or_its_mirror():
+    x = torch.rand(64, 1, 32, 32)
+    v = P.fashion_view(x, torch.Generator().manual_seed(0), scale=(1, 1), ratio=(1, 1), ink=(1, 1))
+    want = (x * 255).round().to(torch.uint8)
+    same = (v[:, 0] == want[:, 0]).flatten(1).all(1)
+    mirror = (v[:, 0] == want[:, 0].flip(-1)).flatten(1).all(1)
+    assert (same | mirror).all() and same.any() and mirror.any() and (v[:, 0] == v[:, 2]).all()
+
+
+def test_fashion_view_crops_a_region_and_scales_it_up():
+    """A quarter-area square crop (half the side) magnifies 2x: on a horizontal ramp of slope 1/31 per pixel the view
+    is a ramp of slope 1/62 (negative when mirrored), constant along columns, and inside the image (no padding);
+    on a constant image the view is that constant."""
+    ramp = (torch.arange(32.0) / 31).expand(16, 1, 32, 32)
+    v = P.fashion_view(ramp, torch.Generator().manual_seed(1), scale=(0.25, 0.25), ratio=(1, 1), ink=(1, 1))
+    v = v[:, 0].float() / 255  # [16, 32, 32]
+    slope = (v[:, :, 27] - v[:, :, 4]).mean(1) / 23  # per view, away from the edges
+    assert torch.allclose(slope.abs(), torch.full((16,), 1 / 62), atol=1e-3)
+    assert (slope > 0).any() and (slope < 0).any()  # both orientations occur
+    assert (v.std(1) < 0.003).all()  # every column constant (rounding only)
+    c = P.fashion_view(torch.full((4, 1, 32, 32), 0.6), torch.Generator().manual_seed(2), ink=(1, 1))
+    assert (c == round(0.6 * 255)).all()
+
+
+def test_pretrain_fashionmnist_on_small_idx_files(tmp_path):
+    from test_data import small_fashion
+    small_fashion(tmp_path, n_tr=40, n_te=20)
+    out = tmp_path / "f.pt"
+    r = subprocess.run([sys.executable, "pretrain.py", "--dataset", "fashionmnist", "--data-dir", str(tmp_path),
+                        "--simclr-iters", "2", "--batch", "8", "--device", "cpu", "--out", str(out)], cwd=HERE,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta = json.load(open(tmp_path / "f.json"))
+    assert meta["recipe"]["dataset"] == "fashionmnist" and len(meta["one_nn"][2]) == 5 and "one_nn_before" in meta
+    model = ssal.build_model(ssal.get_args(["--dataset", "fashionmnist", "--weights", str(out)]), 10, 32)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in torch.load(out).items())
+    r = subprocess.run([sys.executable, "pretrain.py", "--dataset", "fashionmnist", "--data-dir", str(tmp_path / "no")],
+                       cwd=HERE, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "apt-get install dataset-fashion-mnist" in r.stderr
 
 
 def test_digits_preset_starts_from_the_committed_weights():
