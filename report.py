@@ -2,7 +2,9 @@
 
     python report.py --runs results/runs --out results          # Table 1, Table 2 (Markdown), Fig. 2 (PNG)
     python report.py --runs results/runs --out results --metric last         # the same with the last accuracy
-    python report.py --runs results/fa-readings --out results/fa-readings/val --metric val   # best validation point
+    python report.py --runs results/fa-readings/test --out results/fa-readings/test --metric val   # best val point
+    python report.py --runs results/fa-readings/sweep --out results/fa-readings --readings   # the pick, on validation
+    python report.py --runs results/fa-readings/test --out results/fa-readings/test --pick results/fa-readings/pick.txt
     python report.py --runs results/runs --out results --fig3 A.features.npz B.features.npz
     python report.py --runs results/runs --out results --curves NAME [RUN.json] [RUN.log.jsonl] ...
 
@@ -375,20 +377,21 @@ def val_runs(folder):
     return {k: dict(v) for k, v in acc.items()}, flags
 
 
-def readings_pick(acc):
+def readings_pick(acc, n_runs):
     """Per SSL algorithm: the FA variant with the highest mean validation accuracy over the sweep's runs, or None
-    while any variant (no FA included) lacks a run the others have: a pick is made on the complete sweep only."""
+    until every variant (no FA included) has the same n_runs runs: a pick is made on the complete sweep only (a
+    sweep cut short can hold the same few runs of every variant)."""
     picks = {}
     for ssl, by_var in acc.items():
         runs = set().union(*(set(v) for v in by_var.values()))
-        complete = all(set(v) == runs for v in by_var.values())
+        complete = len(runs) == n_runs and all(set(v) == runs for v in by_var.values())
         fa_vars = [v for v in by_var if v != "none"]
         picks[ssl] = (max(fa_vars, key=lambda v: np.mean(list(by_var[v].values())))
                       if complete and fa_vars and "none" in by_var else None)
     return picks
 
 
-def readings_table(acc, flags, picks):
+def readings_table(acc, flags, picks, n_runs):
     """Per SSL algorithm, one row per FA variant (best mean first): mean +- sample std of the final training's best
     validation accuracy, and the paired difference against no FA and against today's FA (same setting, selector and
     seed), with the pairs better and a two-sided sign test."""
@@ -413,18 +416,19 @@ def readings_table(acc, flags, picks):
             lines.append(f"| {name} | `{flags[var] or '-'}` | {len(v)} | {fmt(list(v.values()))} | " +
                          " | ".join(cells) + " |")
         if picks.get(ssl) is None:
-            lines += ["", "No pick yet: the sweep is incomplete (every variant needs the same runs)."]
+            lines += ["", f"No pick yet: the sweep is incomplete (every variant needs the same {n_runs} runs)."]
     return "\n".join(lines)
 
 
-def readings(folders, out):
-    """report.py --readings: readings.md (and pick.txt once the sweep is complete) in out."""
+def readings(folders, out, n_runs):
+    """report.py --readings N: readings.md (and pick.txt once the sweep's N runs per variant are all there) in out."""
     acc, flags = val_runs(folders)
-    picks = readings_pick(acc)
+    picks = readings_pick(acc, n_runs)
     md = ["# FA's readings on the validation split", "", "The final training's best validation accuracy (%), mean ± "
           "sample std over the sweep's runs (settings, selectors, seeds); differences paired by setting, selector and "
           "seed; p: two-sided sign test. The pick per SSL algorithm: the FA variant with the highest mean, made on "
-          "the complete sweep only. No test accuracy is read here.", readings_table(acc, flags, picks)]
+          f"the complete sweep only ({n_runs} runs per variant). No test accuracy is read here.",
+          readings_table(acc, flags, picks, n_runs)]
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "readings.md"), "w") as f:
         f.write("\n".join(md) + "\n")
@@ -559,11 +563,11 @@ def main(argv=None):
     p.add_argument("--against", metavar="FOLDER",
                    help="also compare with the same runs (same cells and seeds) in another results folder, e.g. "
                         "one made with another preset: round 0 and final accuracy, paired by seed")
-    p.add_argument("--readings", action="store_true",
+    p.add_argument("--readings", type=int, nargs="?", const=40, metavar="N",
                    help="FA's readings sweep (run_experiment.sh readings): <out>/readings.md, every FA variant's "
-                        "final-training validation accuracy against no FA and today's FA, and, once the sweep is "
-                        "complete, the pick per SSL algorithm (best mean validation accuracy) as <out>/pick.txt; no "
-                        "test accuracy is read")
+                        "final-training validation accuracy against no FA and today's FA, and, once every variant has "
+                        "its N runs (default 40: the digits sweep's 2 budgets x 2 selectors x 5 seeds), the pick per "
+                        "SSL algorithm (best mean validation accuracy) as <out>/pick.txt; no test accuracy is read")
     p.add_argument("--pick", metavar="FILE",
                    help="pick.txt: add the picked readings against no FA (run_experiment.sh readings-test), per "
                         "selector, paired by seed, with a two-sided sign test over every pair")
@@ -574,7 +578,7 @@ def main(argv=None):
     if args.curves:
         return curves(args.curves, args.runs, args.out)
     if args.readings:
-        return readings(args.runs, args.out)
+        return readings(args.runs, args.out, args.readings)
     seeded, marked = load_runs(args.runs, by_seed=True, metric=args.metric)
     cells = seed_lists(seeded)
     collapsed = collapsed_runs(args.runs)

@@ -604,22 +604,23 @@ def test_readings_pick_the_best_mean_validation_and_only_on_a_complete_sweep(tmp
         best[v] = np.mean(vals)
     acc, flags = report.val_runs(str(tmp_path))
     want = max(variants[1:], key=best.get)
-    picks = report.readings_pick(acc)
+    picks = report.readings_pick(acc, 6)
+    assert report.readings_pick(acc, 8) == {"freematch": None}  # the grid has 8 runs a variant: not all there yet
     variant = {v: fa.variant(vars(ssal.get_args(v.split()))) for v in variants}
     assert picks["freematch"] == variant[want]
     for v in variants:
         assert np.mean(list(acc["freematch"][variant[v]].values())) == pytest.approx(best[v])
     # the flags written for the pick make the same variant again (pick.txt round trip)
     out = tmp_path / "out"
-    report.main(["--runs", str(tmp_path), "--out", str(out), "--readings"])
+    report.main(["--runs", str(tmp_path), "--out", str(out), "--readings", "6"])
     assert report.read_picks(out / "pick.txt") == picks
     md = (out / "readings.md").read_text()
     assert f"**{picks['freematch']}** (pick)" in md and "No pick yet" not in md
     # one run fewer for one variant: no pick
     os.remove(next(tmp_path.glob("*lsmasked-coreset-r1-s0.json")))
     acc, _ = report.val_runs(str(tmp_path))
-    assert report.readings_pick(acc) == {"freematch": None}
-    report.main(["--runs", str(tmp_path), "--out", str(out / "x"), "--readings"])
+    assert report.readings_pick(acc, 6) == {"freematch": None}
+    report.main(["--runs", str(tmp_path), "--out", str(out / "x"), "--readings", "6"])
     assert not (out / "x" / "pick.txt").exists() and "No pick yet" in (out / "x" / "readings.md").read_text()
 
 
