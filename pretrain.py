@@ -2,6 +2,7 @@
 label and without a test image:
 
     python pretrain.py          # about 10 minutes on 2 CPU cores -> weights/vit_tiny_digits.pt (+ .json)
+    python pretrain.py --dataset fashionmnist --data-dir DIR    # SimCLR only -> weights/vit_tiny_fashionmnist.pt
 
 stage 1, printed characters (supervised, no digit anywhere): letters, punctuation, symbols, Greek, Cyrillic, arrows
     and math operators (never a Unicode digit; shapes that coincide at 8x8 merged: 372 classes) rendered with the
@@ -11,6 +12,9 @@ stage 1, printed characters (supervised, no digit anywhere): letters, punctuatio
 stage 2, the digits' own images (self-supervised, no label): SimCLR (Chen et al., 2020) on the 1,297 training
     images of the digits split: two warped views of each image, NT-Xent loss (Eq. 1 of SimCLR) on a projection
     head that is thrown away afterwards.
+
+fashionmnist: SimCLR alone on its 60,000 training images (fashion_view: resized crop, flip, brightness), from a
+    random start or --init FILE.
 
 Measure (printed at the end, and the figure the README quotes): 1-nearest-neighbour test accuracy (cosine, on the
 pre-logits features) with one labeled image per class, the seeded initial split of ssal.py, seeds 0-4 -- the labels
