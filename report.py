@@ -305,8 +305,7 @@ def diag_table(parts):
         for when in ("first", "end"):
             a, b = parts[when].get(m, ([], []))
             d = np.subtract(a, b)
-            p = min(1.0, 2 * min(sign_test(d), sign_test(-d))) if len(d) else None
-            cells.append(f"{np.mean(a):.3f} / {np.mean(b):.3f} ({(d > 0).sum()}/{len(d)}, p = {p:.2f})"
+            cells.append(f"{np.mean(a):.3f} / {np.mean(b):.3f} ({(d > 0).sum()}/{len(d)}, p = {sign_test2(d):.2f})"
                          if len(d) else "-")
         lines.append(f"| {m} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
@@ -409,9 +408,7 @@ def readings_table(acc, flags, picks, n_runs):
                 if base is None or base == var or not common:
                     cells.append("-")
                     continue
-                d = np.array([v[k] - by_var[base][k] for k in common])
-                p = min(1.0, 2 * min(sign_test(d), sign_test(-d)))
-                cells.append(f"{d.mean():+.2f} ({(d > 0).sum()}/{len(d)}, p = {p:.2f})")
+                cells.append(paired([v[k] - by_var[base][k] for k in common]))
             name = ("**" + var + "** (pick)") if picks.get(ssl) == var else var
             lines.append(f"| {name} | `{flags[var] or '-'}` | {len(v)} | {fmt(list(v.values()))} | " +
                          " | ".join(cells) + " |")
@@ -443,14 +440,13 @@ def readings(folders, out, n_runs):
 def pick_test(seeded, picks):
     """The pick against no FA on fresh seeds: {(dataset, budget, ssl): (per selector {al: (pick %, no FA %) lists
     paired by seed}, all pairs' differences)} from {key: {seed: acc}}."""
-    out = {}
+    out = defaultdict(dict)
     for ds, b, ssl, var, al in sorted({k for k in seeded if k[3] == picks.get(k[2])}):
-        base = seeded.get((ds, b, ssl, "none", al), {})
-        common = sorted(set(seeded[(ds, b, ssl, var, al)]) & set(base))
+        pick, base = seeded[(ds, b, ssl, var, al)], seeded.get((ds, b, ssl, "none", al), {})
+        common = sorted(set(pick) & set(base))
         if common:
-            per, _ = out.setdefault((ds, b, ssl), ({}, []))
-            per[al] = ([seeded[(ds, b, ssl, var, al)][s] for s in common], [base[s] for s in common])
-    return {k: (per, np.concatenate([np.subtract(*x) for x in per.values()])) for k, (per, _) in out.items()}
+            out[(ds, b, ssl)][al] = ([pick[s] for s in common], [base[s] for s in common])
+    return {k: (per, np.concatenate([np.subtract(*x) for x in per.values()])) for k, per in out.items()}
 
 
 def pick_test_table(tests, picks):
@@ -459,9 +455,7 @@ def pick_test_table(tests, picks):
     for (ds, b, ssl), (per, d) in sorted(tests.items()):
         cols = [f"{np.mean(per[al][0]):.2f} / {np.mean(per[al][1]):.2f}" if al in per else "missing"
                 for al in SELECTORS[1:]]
-        p = min(1.0, 2 * min(sign_test(d), sign_test(-d)))
-        lines.append(f"| {ds} #{b} | {ssl} | {picks[ssl]} | " + " | ".join(cols) +
-                     f" | {d.mean():+.2f} ({(d > 0).sum()}/{len(d)}, p = {p:.2f}) |")
+        lines.append(f"| {ds} #{b} | {ssl} | {picks[ssl]} | " + " | ".join(cols) + f" | {paired(d)} |")
     return "\n".join(lines)
 
 
@@ -481,6 +475,17 @@ def sign_test(d):
     d = np.asarray(d)
     n, k = int((d != 0).sum()), int((d > 0).sum())
     return sum(math.comb(n, i) for i in range(k, n + 1)) / 2 ** n if n else 1.0
+
+
+def sign_test2(d):
+    """Two-sided sign test of paired differences d: the smaller one-sided p, doubled (at most 1), ties dropped."""
+    return min(1.0, 2 * min(sign_test(d), sign_test(-np.asarray(d))))
+
+
+def paired(d):
+    """'mean difference (pairs better/pairs, p = two-sided sign test)' of paired differences d."""
+    d = np.asarray(d)
+    return f"{d.mean():+.2f} ({(d > 0).sum()}/{len(d)}, p = {sign_test2(d):.2f})"
 
 
 def check(seeded, pairs, every=True):
