@@ -39,6 +39,7 @@ from model import ARCHS, build_model, features_and_logits  # noqa: F401 (ssal.bu
 # The digits ViT's pretrained start, made by pretrain.py (printed characters, then SimCLR on the unlabeled digits
 # training images) and committed; runstate.weights_file finds it from any working folder.
 DIGITS_WEIGHTS = os.path.join("weights", "vit_tiny_digits.pt")
+FASHION_WEIGHTS = os.path.join("weights", "vit_tiny_fashionmnist.pt")  # SimCLR on its training images (pretrain.py)
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # CIFAR-100 / TinyImageNet follow USB's FreeMatch ViT config for CIFAR-100 (AdamW, lr 5e-4, layer decay 0.5,
@@ -53,15 +54,16 @@ PRESETS = {
     "tinyimagenet": dict(model="vit_small_patch4_64", weights=None, budget=200, iters=204800, batch_size=8, uratio=1,
                          lr=5e-4, weight_decay=5e-4, layer_decay=0.5, warmup=5120, ema_p=0.999, eval_every=2048,
                          log_every=256, probe=2000, val_size=0),
-    # Provisional: a random start with the from-scratch digits recipe until Fashion-MNIST has a pretrained start of
-    # its own (docs/fashionmnist.md); 28x28 padded to 32x32, so the digits ViT's 4x4 grid of 8x8 patches.
-    "fashionmnist": dict(model="vit_tiny_digits", weights=None, budget=10, iters=1500, batch_size=16, uratio=3,
-                         lr=1e-3, weight_decay=5e-4, layer_decay=None, warmup=75, ema_p=0.9, eval_every=100,
+    # Fashion-MNIST fine-tunes its own SimCLR start as digits does; 28x28 padded to 32x32, so the digits ViT's 4x4
+    # grid of 8x8 patches. Iterations: provisional (docs/fashionmnist.md).
+    "fashionmnist": dict(model="vit_tiny_digits", weights=FASHION_WEIGHTS, budget=10, iters=1500, batch_size=16,
+                         uratio=3, lr=5e-4, weight_decay=5e-4, layer_decay=0.5, warmup=75, ema_p=0.9, eval_every=100,
                          log_every=50, probe=2000, val_size=1000),
 }
 # --scratch: the digits regime before the pretrained start (a random initialisation needs 3x the iterations)
 SCRATCH_PRESETS = {"digits": dict(weights=None, budget=10, iters=1500, lr=1e-3, layer_decay=None, warmup=75,
-                                  eval_every=100, log_every=50)}
+                                  eval_every=100, log_every=50),
+                   "fashionmnist": dict(weights=None, lr=1e-3, layer_decay=None)}
 # USB evaluates every num_eval_iter = 2,048 iterations and logs every num_log_iter = 256; digits evaluates 10 times
 # per training and logs 20 times (from scratch: 15 and 30).
 # digits fine-tunes its pretrained start as USB fine-tunes its ViT (lr 5e-4, layer decay 0.5, warm-up 5%); 500

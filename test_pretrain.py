@@ -69,23 +69,49 @@ def test_charset_has_no_digit():
     assert set("ABCxyz") <= set(chars)
 
 
+def brute_one_nn(model, data, x_q, y_q, seeds):
+    """1-NN accuracies (%) by a loop over query images and cosine similarities written out."""
+    with torch.no_grad():
+        model.eval()
+        f = lambda x: ssal.features_and_logits(model, data.normalize(torch.from_numpy(x).permute(0, 3, 1, 2)))[0]
+        f_q = f(x_q).numpy()
+        accs = []
+        for seed in seeds:
+            lab = D.initial_split(data.y_tr, data.num_classes, data.num_classes, seed)
+            f_l = f(data.x_tr[lab]).numpy()
+            hits = 0
+            for i in range(len(f_q)):
+                cos = [f_q[i] @ f_l[k] / np.linalg.norm(f_q[i]) / np.linalg.norm(f_l[k]) for k in range(len(lab))]
+                hits += data.y_tr[lab][int(np.argmax(cos))] == y_q[i]
+            accs.append(100 * hits / len(f_q))
+    return accs
+
+
 def test_one_nn_against_a_brute_force_search():
     data = D.Data("digits")
     model = ssal.build_model(ssal.get_args(["--scratch"]), 10, data.size)
     mu, sd, accs = P.one_nn(model, data, seeds=(0, 3))
-    with torch.no_grad():
-        model.eval()
-        f = lambda x: ssal.features_and_logits(model, data.normalize(torch.from_numpy(x).permute(0, 3, 1, 2)))[0]
-        f_te = f(data.x_te).numpy()
-        for seed, acc in zip((0, 3), accs):
-            lab = D.initial_split(data.y_tr, 10, 10, seed)
-            f_l = f(data.x_tr[lab]).numpy()
-            hits = 0
-            for i in range(len(f_te)):
-                cos = [f_te[i] @ f_l[k] / np.linalg.norm(f_te[i]) / np.linalg.norm(f_l[k]) for k in range(10)]
-                hits += data.y_tr[lab][int(np.argmax(cos))] == data.y_te[i]
-            assert acc == pytest.approx(100 * hits / len(f_te))
+    assert accs == pytest.approx(brute_one_nn(model, data, data.x_te, data.y_te, (0, 3)))
     assert mu == pytest.approx(np.mean(accs)) and sd == pytest.approx(np.std(accs, ddof=1))
+
+
+def test_one_nn_on_validation_queries_never_reads_the_test_set(tmp_path, monkeypatch):
+    """queries="val": the held-out images of ssal.py's --val-size split are the queries, the labeled images come
+    from the rest (as ssal.py draws them), the caller's data is left whole, and the test images are not used
+    (scrambling them changes nothing)."""
+    from test_data import small_fashion
+    small_fashion(tmp_path, n_tr=60, n_te=20)
+    monkeypatch.setattr(P, "VAL_SIZE", 20)
+    data = D.Data("fashionmnist", str(tmp_path))
+    n_tr = len(data.y_tr)
+    model = ssal.build_model(ssal.get_args(["--dataset", "fashionmnist", "--scratch"]), 10, data.size)
+    _, _, accs = P.one_nn(model, data, seeds=(0, 1), queries="val")
+    assert len(data.y_tr) == n_tr and not hasattr(data, "x_val")
+    held = D.Data("fashionmnist", str(tmp_path))
+    D.hold_out(held, 20)
+    assert accs == pytest.approx(brute_one_nn(model, held, held.x_val, held.y_val, (0, 1)))
+    data.x_te, data.y_te = data.x_te[::-1].copy(), (data.y_te + 1) % 10
+    assert P.one_nn(model, data, seeds=(0, 1), queries="val")[2] == accs
 
 
 def test_pretrain_writes_weights_that_ssal_loads(tmp_path):
