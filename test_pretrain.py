@@ -194,3 +194,19 @@ def test_scratch_conflicts_and_round0_key_follows_the_file(tmp_path, capsys):
     k1 = runstate.round0_path(args)
     torch.save({"a": torch.ones(1)}, w)  # regenerated weights: the cached round 0 must not be reused
     assert runstate.round0_path(args) != k1
+
+
+def test_fashionmnist_preset_starts_from_its_committed_weights():
+    """The preset fine-tunes the committed SimCLR start (its .json: the recipe and the 1-NN measures); --scratch
+    is the random start under its own run name."""
+    args = ssal.get_args(["--dataset", "fashionmnist"])
+    assert args.weights == ssal.FASHION_WEIGHTS and (args.lr, args.layer_decay, args.val_size) == (5e-4, 0.5, 1000)
+    state = torch.load(os.path.join(HERE, args.weights))
+    model = ssal.build_model(args, 10, 32).state_dict()
+    assert all(torch.equal(model[k], v) for k, v in state.items())
+    meta = json.load(open(os.path.join(HERE, os.path.splitext(args.weights)[0] + ".json")))
+    assert meta["recipe"]["dataset"] == "fashionmnist" and meta["one_nn"][0] > meta["one_nn_before"][0]
+    assert meta["one_nn_val"][0] > meta["one_nn_val_before"][0]
+    scratch = ssal.get_args(["--dataset", "fashionmnist", "--scratch"])
+    assert scratch.weights is None and (scratch.lr, scratch.layer_decay) == (1e-3, None)
+    assert "-scratch-" in scratch.name and "-scratch-" not in args.name
