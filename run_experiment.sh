@@ -9,8 +9,9 @@
 #   bash run_experiment.sh readings-test   # the committed pick ($PICK) against no FA on fresh seeds (5-9)
 #
 # Knobs (environment variables):
-#   PRESET=paper|digits   paper: CIFAR-100 / TinyImageNet as in the paper; digits: the same grid shape on the
-#                         embedded dataset (#10 and #20 stand for #100 / #200 and #200 / #400), CPU-sized
+#   PRESET=paper|digits|fashionmnist   paper: CIFAR-100 / TinyImageNet as in the paper; digits: the same grid
+#                         shape on the embedded dataset (#10 and #20 stand for #100 / #200 and #200 / #400), CPU-sized;
+#                         fashionmnist: the same on Fashion-MNIST's 59,000-image pool (docs/fashionmnist.md)
 #   DATASETS="cifar100:100 tinyimagenet:200"   settings as dataset:budget (default: the grid's own)
 #   SEEDS="0 1 2"         trials (the paper averages 3)
 #   SELECTORS="random coreset alphamix activeft noise"
@@ -49,10 +50,12 @@ PY=${PYTHON:-python}
 
 if [ "$PRESET" = digits ]; then
   SETTINGS_T1="digits:10 digits:20"; SETTING_100="digits:10"; VAL=${VAL:-200}
+elif [ "$PRESET" = fashionmnist ]; then   # docs/fashionmnist.md; EXTRA="--data-dir DIR" if not ./data
+  SETTINGS_T1="fashionmnist:10 fashionmnist:20"; SETTING_100="fashionmnist:10"; VAL=${VAL:-1000}
 elif [ "$PRESET" = paper ]; then
   SETTINGS_T1="cifar100:100 cifar100:200 tinyimagenet:200 tinyimagenet:400"; SETTING_100="cifar100:100"
 else
-  echo "error: PRESET must be paper or digits, not '$PRESET'" >&2; exit 2
+  echo "error: PRESET must be paper, digits or fashionmnist, not '$PRESET'" >&2; exit 2
 fi
 
 RUNS=()   # one command line per run; runs of one setting are adjacent so that they share a GPU worker

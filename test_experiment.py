@@ -42,6 +42,18 @@ def test_dry_run_counts(tmp_path, name, env, n):
         assert [c for c in cmds if "--fa" in c and "--al random" in c] or "random" not in env.get("SELECTORS", "random")
 
 
+def test_fashionmnist_preset_grids(tmp_path):
+    """PRESET=fashionmnist: Table 1 at #10 and #20 on Fashion-MNIST; the readings grids hold out its preset's 1,000
+    validation images."""
+    cmds = [l for l in grid("table1", tmp_path, DRY_RUN="1", PRESET="fashionmnist", SSLS="freematch").splitlines()
+            if l.startswith("python")]
+    assert len(cmds) == 2 * 3 * 10 and all("--dataset fashionmnist" in c for c in cmds)
+    assert {c.split("--budget ")[1].split()[0] for c in cmds} == {"10", "20"}
+    cmds = [l for l in grid("readings", tmp_path, DRY_RUN="1", PRESET="fashionmnist", SEEDS="0").splitlines()
+            if l.startswith("python")]
+    assert len(cmds) == 2 * 2 * 9 * 2 and all("--val-size 1000" in c for c in cmds)
+
+
 def test_slurm_writes_an_array_script(tmp_path):
     out = grid("table2", tmp_path, SLURM="1", SEEDS="0")
     sb = (tmp_path / "runs" / "table2.sbatch").read_text()
