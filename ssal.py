@@ -122,12 +122,13 @@ def get_args(argv=None):
                                                 "the timm/Hugging Face cache)")
     a("--weights", help="a local state dict to start from (timm format, or a {'model': state} checkpoint such as "
                         "USB's vit_small_patch2_32_mlp_im_1k_32.pth); the classifier head is dropped. Preset: digits "
-                        f"{DIGITS_WEIGHTS} (made by pretrain.py), others none")
+                        f"{DIGITS_WEIGHTS}, fashionmnist {FASHION_WEIGHTS} (both made by pretrain.py), others none")
     a("--scratch", action="store_true", help="start from a random initialisation with the from-scratch digits preset "
                                            "(budget 10, 1,500 iterations, lr 1e-3, no layer decay): the regime "
                                            "before the pretrained start")
     # optimisation
-    a("--iters", type=int, help="training iterations per round. Preset: digits 500 (--scratch 1500), others 204800")
+    a("--iters", type=int, help="training iterations per round. Preset: digits 500 (--scratch 1500), fashionmnist "
+      "1500, others 204800")
     a("--batch-size", type=int, help="labeled batch B. Preset: digits 16, others 8")
     a("--uratio", type=int, help="unlabeled batch = uratio * B. Preset: digits 3, others 1")
     a("--lr", type=float, help="AdamW learning rate, cosine decay. Preset: 5e-4 (digits --scratch 1e-3)")
