@@ -25,8 +25,9 @@
 #                         the run checkpoint (TERM to ssal.py, which exits 143) and the task requeue itself
 #                         (scontrol requeue); a requeued task resumes from $OUT/ckpt/. Exit codes 2 (user error)
 #                         and 3 (loss diverged) are never requeued
-#   OUT=results/runs      where the result files and round-0 checkpoints go (readings: results/fa-readings/sweep,
-#                         readings-test: results/fa-readings/test)
+#   OUT=results/runs      where the result files and round-0 checkpoints go (readings: <dir>/sweep, readings-test:
+#                         <dir>/test, PICK <dir>/pick.txt; <dir>: digits results/fa-readings, fashionmnist
+#                         results/fashionmnist/readings, paper results/paper-readings)
 #   VAL=200               readings grids: --val-size (default: 200 on digits, the dataset's preset otherwise)
 #   PICK=FILE             readings-test: the pick, one line per SSL algorithm, '<ssl> <ssl.py FA flags>'
 #                         (report.py --readings writes it as pick.txt beside the sweep's tables)
@@ -49,11 +50,13 @@ EXTRA=${EXTRA:-}
 PY=${PYTHON:-python}
 
 if [ "$PRESET" = digits ]; then
-  SETTINGS_T1="digits:10 digits:20"; SETTING_100="digits:10"; VAL=${VAL:-200}
+  SETTINGS_T1="digits:10 digits:20"; SETTING_100="digits:10"; VAL=${VAL:-200}; READINGS_DIR=results/fa-readings
 elif [ "$PRESET" = fashionmnist ]; then   # docs/fashionmnist.md; EXTRA="--data-dir DIR" if not ./data
   SETTINGS_T1="fashionmnist:10 fashionmnist:20"; SETTING_100="fashionmnist:10"; VAL=${VAL:-1000}
+  READINGS_DIR=results/fashionmnist/readings
 elif [ "$PRESET" = paper ]; then
   SETTINGS_T1="cifar100:100 cifar100:200 tinyimagenet:200 tinyimagenet:400"; SETTING_100="cifar100:100"
+  READINGS_DIR=results/paper-readings
 else
   echo "error: PRESET must be paper, digits or fashionmnist, not '$PRESET'" >&2; exit 2
 fi
@@ -103,7 +106,7 @@ case "$GRID" in
     [ -n "${SELECTORS_SET:-}" ] || SELECTORS="coreset random"
     [ -n "${SSLS_SET:-}" ] || SSLS="fixmatch freematch"
     [ -n "${SEEDS_SET:-}" ] || SEEDS="0 1 2 3 4"
-    [ -n "${OUT_SET:-}" ] || OUT=results/fa-readings/sweep   # val runs in their own folder
+    [ -n "${OUT_SET:-}" ] || OUT=$READINGS_DIR/sweep   # val runs in their own folder
     for seed in $SEEDS; do   # seed-major: a grid cut short still covers every reading
       for s in ${DATASETS:-$SETTINGS_T1}; do ds=${s%%:*}; b=${s##*:}
         for ssl in $SSLS; do
@@ -114,11 +117,11 @@ case "$GRID" in
       done
     done ;;
   readings-test)  # the pick against no FA, on seeds that took no part in choosing it
-    PICK=${PICK:-results/fa-readings/pick.txt}
+    PICK=${PICK:-$READINGS_DIR/pick.txt}
     [ -f "$PICK" ] || { echo "error: no pick file $PICK (report.py --readings writes one; commit it first)" >&2; exit 2; }
     [ -n "${SELECTORS_SET:-}" ] || SELECTORS="coreset alphamix activeft noise"
     [ -n "${SEEDS_SET:-}" ] || SEEDS="5 6 7 8 9"
-    [ -n "${OUT_SET:-}" ] || OUT=results/fa-readings/test
+    [ -n "${OUT_SET:-}" ] || OUT=$READINGS_DIR/test
     for seed in $SEEDS; do
       for s in ${DATASETS:-$SETTINGS_T1}; do ds=${s%%:*}; b=${s##*:}
         while read -r ssl flags; do

@@ -49,9 +49,12 @@ def test_fashionmnist_preset_grids(tmp_path):
             if l.startswith("python")]
     assert len(cmds) == 2 * 3 * 10 and all("--dataset fashionmnist" in c for c in cmds)
     assert {c.split("--budget ")[1].split()[0] for c in cmds} == {"10", "20"}
-    cmds = [l for l in grid("readings", tmp_path, DRY_RUN="1", PRESET="fashionmnist", SEEDS="0").splitlines()
-            if l.startswith("python")]
+    e = {k: v for k, v in os.environ.items() if k != "OUT"}  # the preset's own readings folder
+    p = subprocess.run(["bash", os.path.join(HERE, "run_experiment.sh"), "readings"], capture_output=True, text=True,
+                       env=dict(e, DRY_RUN="1", PRESET="fashionmnist", SEEDS="0"), timeout=300)
+    cmds = [l for l in p.stdout.splitlines() if l.startswith("python")]
     assert len(cmds) == 2 * 2 * 9 * 2 and all("--val-size 1000" in c for c in cmds)
+    assert all("--out results/fashionmnist/readings/sweep " in c for c in cmds)  # not digits' sweep folder
 
 
 def test_slurm_writes_an_array_script(tmp_path):
