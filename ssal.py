@@ -60,7 +60,8 @@ PRESETS = {
                          uratio=3, lr=5e-4, weight_decay=5e-4, layer_decay=0.5, warmup=75, ema_p=0.9, eval_every=100,
                          log_every=50, probe=2000, val_size=1000),
 }
-# --scratch: the digits regime before the pretrained start (a random initialisation needs 3x the iterations)
+# --scratch: a random initialisation instead of the pretrained start (digits: its regime before the start, which
+# needs 3x the iterations; fashionmnist: the same schedule, without layer decay)
 SCRATCH_PRESETS = {"digits": dict(weights=None, budget=10, iters=1500, lr=1e-3, layer_decay=None, warmup=75,
                                   eval_every=100, log_every=50),
                    "fashionmnist": dict(weights=None, lr=1e-3, layer_decay=None)}
