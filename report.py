@@ -568,10 +568,10 @@ def main(argv=None):
     p.add_argument("--against", metavar="FOLDER",
                    help="also compare with the same runs (same cells and seeds) in another results folder, e.g. "
                         "one made with another preset: round 0 and final accuracy, paired by seed")
-    p.add_argument("--readings", type=int, nargs="?", const=40, metavar="N",
+    p.add_argument("--readings", type=int, nargs="?", const=20, metavar="N",
                    help="FA's readings sweep (run_experiment.sh readings): <out>/readings.md, every FA variant's "
                         "final-training validation accuracy against no FA and today's FA, and, once every variant has "
-                        "its N runs (default 40: the digits sweep's 2 budgets x 2 selectors x 5 seeds), the pick per "
+                        "its N runs per SSL algorithm (default 20: the digits sweep's 2 budgets x 2 selectors x 5 seeds), the pick per "
                         "SSL algorithm (best mean validation accuracy) as <out>/pick.txt; no test accuracy is read")
     p.add_argument("--pick", metavar="FILE",
                    help="pick.txt: add the picked readings against no FA (run_experiment.sh readings-test), per "
