@@ -5,6 +5,7 @@
     python report.py --runs results/fa-readings/test --out results/fa-readings/test --metric val   # best val point
     python report.py --runs results/fa-readings/sweep --out results/fa-readings --readings   # the pick, on validation
     python report.py --runs results/fa-readings/test --out results/fa-readings/test --pick results/fa-readings/pick.txt
+    python report.py --runs results/fashionmnist/table1 --out results/fashionmnist/table1 --regime   # + the criteria
     python report.py --runs results/runs --out results --fig3 A.features.npz B.features.npz
     python report.py --runs results/runs --out results --curves NAME [RUN.json] [RUN.log.jsonl] ...
 
@@ -544,6 +545,41 @@ def claims(seeded, settings, fa_v, ls_v, lambda_s=1.0, lambda_c=0.01, marked=fro
     return "\n".join(lines)
 
 
+# The regime criteria of a second regime (docs/fashionmnist.md): is the setting neither saturated nor too noisy to
+# test the paper's claims? Read off Table 1's cells, before any claim.
+REGIME = dict(lo=55.0, hi=85.0, wins=4, max_std=5.0)
+
+
+def regime(seeded, settings, lo=REGIME["lo"], hi=REGIME["hi"], wins=REGIME["wins"], max_std=REGIME["max_std"]):
+    """Per setting with a FreeMatch + Random cell, three criteria on the runs found ({key: {seed: acc}}): FreeMatch
+    with Random between lo and hi % (cell mean); FreeMatch above Supervised, both with Random, in at least `wins`
+    same-seed pairs; every FixMatch / FreeMatch cell (any selector, FA or not) with a seed std of at most max_std.
+    A Markdown table: criterion, setting, the value measured, met / not met."""
+    lines = ["| Criterion | Setting | Measured | Met |", "|---|---|---|---|"]
+    yes = lambda ok: "met" if ok else "**not met**"  # noqa: E731
+    for ds, b in settings:
+        fm = seeded.get((ds, b, "freematch", "none", "random"))
+        if not fm:
+            continue
+        m = np.mean(list(fm.values()))
+        lines.append(f"| FreeMatch with Random between {lo:g}% and {hi:g}% | {ds} #{b} | {fmt(list(fm.values()))} "
+                     f"| {yes(lo <= m <= hi)} |")
+        sup = seeded.get((ds, b, "supervised", "none", "random"), {})
+        common = sorted(set(fm) & set(sup))
+        d = [fm[s] - sup[s] for s in common]  # same seed: the same labeled images
+        gap = f" (mean gap {np.mean(d):+.2f})" if d else ""
+        lines.append(f"| FreeMatch above Supervised (Random) in at least {wins} seeds | {ds} #{b} | "
+                     f"{sum(x > 0 for x in d)} of {len(d)} seeds{gap} | {yes(sum(x > 0 for x in d) >= wins)} |")
+        stds = {key: np.std(list(v.values()), ddof=1) for key, v in seeded.items()
+                if key[:2] == (ds, b) and key[2] in ("fixmatch", "freematch") and len(v) > 1}
+        if stds:
+            worst = max(stds, key=stds.get)
+            lines.append(f"| every FixMatch / FreeMatch cell's seed std at most {max_std:g} | {ds} #{b} | largest "
+                         f"{stds[worst]:.2f} ({worst[2]}, {worst[3]}, {worst[4]}; {len(stds)} cells) "
+                         f"| {yes(stds[worst] <= max_std)} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Tables 1-2 and Figs. 2-3 from ssal.py result files; with --curves, "
                                             "training curves from ssal.py training logs.")
@@ -573,6 +609,11 @@ def main(argv=None):
                         "final-training validation accuracy against no FA and today's FA, and, once every variant has "
                         "its N runs per SSL algorithm (default 20: the digits sweep's 2 budgets x 2 selectors x 5 seeds), the pick per "
                         "SSL algorithm (best mean validation accuracy) as <out>/pick.txt; no test accuracy is read")
+    p.add_argument("--regime", action="store_true",
+                   help="add the regime criteria (docs/fashionmnist.md) per setting: FreeMatch with Random between "
+                        f"{REGIME['lo']:g}% and {REGIME['hi']:g}%, above Supervised (Random) in at least "
+                        f"{REGIME['wins']} seeds, every FixMatch / FreeMatch cell's seed std at most "
+                        f"{REGIME['max_std']:g} (on --metric)")
     p.add_argument("--pick", metavar="FILE",
                    help="pick.txt: add the picked readings against no FA (run_experiment.sh readings-test), per "
                         "selector, paired by seed, with a two-sided sign test over every pair")
@@ -600,6 +641,10 @@ def main(argv=None):
           f"FA: {fa_v} (fa_s<lambda_s>_c<lambda_c>_T<T>, then each reading that is not the default).", "",
           "## Table 1", "",
           with_note(table1(cells, settings, fa_v, marked, set(collapsed)))]
+    if args.regime:
+        md += ["", "## The regime criteria", "", "Is the setting neither saturated nor too noisy to test the paper's "
+               f"claims? Read off Table 1's cells ({args.metric} accuracy; docs/fashionmnist.md).", "",
+               regime(seeded, settings)]
     for s in settings:
         if any(k[:3] == (*s, "freematch") and k[3] == ls_v for k in cells):
             md += ["", f"## Table 2 ({s[0]} #{s[1]}, FreeMatch)", "", with_note(table2(cells, s, fa_v, ls_v, marked, set(collapsed)))]
