@@ -27,7 +27,8 @@ def fig2(seeded, setting, path, lambda_s=1.0, lambda_c=0.01):
     ds, b = setting
     prefix = f"fa_s{lambda_s:g}_c{lambda_c:g}_T"
     cells = {(int(k[3][len(prefix):]), k[4]): v for k, v in seeded.items()
-             if k[:3] == (ds, b, "freematch") and k[3].startswith(prefix) and k[4] != "random" and v}
+             if k[:3] == (ds, b, "freematch") and k[3].startswith(prefix) and k[3][len(prefix):].isdigit()
+             and k[4] != "random" and v}  # the default readings only: a tagged variant ('..._T10_fatquery') is no T
     Ts = sorted({T for T, _ in cells})
     seeds = sorted(set.intersection(*(set(v) for v in cells.values()))) if cells else []
     if len(Ts) < 2 or not seeds:  # one value of T is no curve

@@ -250,6 +250,10 @@ def test_fig2_points_average_common_seeds(tmp_path):
     assert pts["coreset"] == [(1, 50.0), (10, 60.0)] and pts["noise"] == [(10, 40.0)] and pts["alphamix"] == []
     assert (tmp_path / "f.png").stat().st_size > 0
     assert figures.fig2({key(10, "coreset"): {0: 60.0}}, ("digits", 10), str(tmp_path / "g.png")) is None
+    # a reading's tag after T (a readings folder) is not a value of T: left out, not an error
+    tagged = {key("10_fatquery", "coreset"): {0: 1.0}, key("10_faw100", "noise"): {0: 2.0}}
+    assert figures.fig2({**seeded, **tagged}, ("digits", 10), str(tmp_path / "h.png")) == (pts, seeds)
+    assert figures.fig2({key(10, "coreset"): {0: 60.0}, **tagged}, ("digits", 10), str(tmp_path / "i.png")) is None
 
 
 def write_result(folder, name, al, seed, best=None, last=None):
@@ -595,9 +599,9 @@ def test_readings_test_grid_reads_the_pick_and_refuses_without_one(tmp_path):
     assert len(fix_fa) == 40 and all("--lambda-s 0.3" in c and "masked" not in c for c in fix_fa)
 
 
-def write_val_run(folder, ssl, flags, al, seed, val_curve, test=0.5):
+def write_val_run(folder, ssl, flags, al, seed, val_curve, test=0.5, budget=10):
     """A hand-written one-round result with a validation curve, its config from ssal.py's own parser."""
-    a = vars(ssal.get_args(["--ssl", ssl, "--al", al, "--seed", str(seed), "--budget", "10", "--val-size", "200",
+    a = vars(ssal.get_args(["--ssl", ssl, "--al", al, "--seed", str(seed), "--budget", str(budget), "--val-size", "200",
                             *flags.split()]))
     r = {"config": a, "final_acc": test, "final_best_acc": test, "final_val_acc": test,
          "final": {"acc_best": test, "acc_last": test, "acc_val": test,
@@ -659,7 +663,19 @@ def test_pick_test_pairs_the_pick_with_no_fa_by_seed(tmp_path):
     k = sum(x > 0 for x in want)
     n = sum(x != 0 for x in want)
     p = min(1.0, 2 * min(sum(math.comb(n, i) for i in range(k, n + 1)), sum(math.comb(n, i) for i in range(n - k, n + 1))) / 2 ** n)
-    assert f"{np.mean(want):+.2f} ({k}/{len(want)}, p = {p:.2f})" in md
+    assert f"{np.mean(want):+.2f} ({k}/{len(want)}, p = {p:.2f})" in md and "all 2 settings" not in md
+    # a second setting: its own row, and the bold row pools both settings' pairs
+    extra = [0.3, -0.2, 0.5]
+    for seed, x in zip((5, 6, 7), extra):
+        write_val_run(tmp_path, "freematch", "--fa --fa-warmup 100", "noise", seed, [0.5], test=0.9 + x / 100, budget=20)
+        write_val_run(tmp_path, "freematch", "", "noise", seed, [0.5], test=0.9, budget=20)
+    seeded, _ = report.load_runs(str(tmp_path), by_seed=True, metric="val")
+    md = report.pick_test_table(report.pick_test(seeded, picks), picks)
+    both = want + extra
+    k, n = sum(x > 0 for x in both), sum(x != 0 for x in both)
+    p = min(1.0, 2 * min(sum(math.comb(n, i) for i in range(k, n + 1)), sum(math.comb(n, i) for i in range(n - k, n + 1))) / 2 ** n)
+    row = next(l for l in md.splitlines() if "all 2 settings" in l)
+    assert row.endswith(f"**{np.mean(both):+.2f} ({k}/{len(both)}, p = {p:.2f})** |")
 
 
 def test_regime_criteria_against_a_hand_count(tmp_path):
