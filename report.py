@@ -2,9 +2,10 @@
 
     python report.py --runs results/runs --out results          # Table 1, Table 2 (Markdown), Fig. 2 (PNG)
     python report.py --runs results/runs --out results --metric last         # the same with the last accuracy
-    python report.py --runs results/fa-readings/test --out results/fa-readings/test --metric val   # best val point
+    python report.py --runs results/runs --out results/val --metric val   # test accuracy at the best val point
     python report.py --runs results/fa-readings/sweep --out results/fa-readings --readings   # the pick, on validation
-    python report.py --runs results/fa-readings/test --out results/fa-readings/test --pick results/fa-readings/pick.txt
+    python report.py --runs results/fa-readings/test --out results/fa-readings/test/val --metric val \
+        --pick results/fa-readings/pick.txt                   # the pick against no FA on fresh seeds
     python report.py --runs results/fashionmnist/table1 --out results/fashionmnist/table1 --regime   # + the criteria
     python report.py --runs results/runs --out results --fig3 A.features.npz B.features.npz
     python report.py --runs results/runs --out results --curves NAME [RUN.json] [RUN.log.jsonl] ...
@@ -461,7 +462,7 @@ def pick_test_table(tests, picks):
         ds_b = [k for k in sorted(tests) if k[2] == ssl]
         if len(ds_b) > 1:
             d = np.concatenate([tests[k][1] for k in ds_b])
-            lines.append(f"| **all {len(ds_b)} settings** | {ssl} | {picks[ssl]} | " + " | ".join(["-"] * 4) +
+            lines.append(f"| **all {len(ds_b)} settings** | {ssl} | {picks[ssl]} | " + " | ".join(["-"] * len(SELECTORS[1:])) +
                          f" | **{paired(d)}** |")
     return "\n".join(lines)
 
@@ -573,9 +574,10 @@ def regime(seeded, settings, lo=REGIME["lo"], hi=REGIME["hi"], wins=REGIME["wins
         sup = seeded.get((ds, b, "supervised", "none", "random"), {})
         common = sorted(set(fm) & set(sup))
         d = [fm[s] - sup[s] for s in common]  # same seed: the same labeled images
+        k = sum(x > 0 for x in d)
         gap = f" (mean gap {np.mean(d):+.2f})" if d else ""
         lines.append(f"| FreeMatch above Supervised (Random) in at least {wins} seeds | {ds} #{b} | "
-                     f"{sum(x > 0 for x in d)} of {len(d)} seeds{gap} | {yes(sum(x > 0 for x in d) >= wins)} |")
+                     f"{k} of {len(d)} seeds{gap} | {yes(k >= wins)} |")
         stds = {key: np.std(list(v.values()), ddof=1) for key, v in seeded.items()
                 if key[:2] == (ds, b) and key[2] in ("fixmatch", "freematch") and len(v) > 1}
         if stds:
@@ -613,8 +615,9 @@ def main(argv=None):
     p.add_argument("--readings", type=int, nargs="?", const=20, metavar="N",
                    help="FA's readings sweep (run_experiment.sh readings): <out>/readings.md, every FA variant's "
                         "final-training validation accuracy against no FA and today's FA, and, once every variant has "
-                        "its N runs per SSL algorithm (default 20: the digits sweep's 2 budgets x 2 selectors x 5 seeds), the pick per "
-                        "SSL algorithm (best mean validation accuracy) as <out>/pick.txt; no test accuracy is read")
+                        "its N runs per SSL algorithm (default 20: the digits sweep's 2 budgets x 2 selectors x 5 "
+                        "seeds), the pick per SSL algorithm (best mean validation accuracy) as <out>/pick.txt; no "
+                        "test accuracy is read")
     p.add_argument("--regime", action="store_true",
                    help="add the regime criteria (docs/fashionmnist.md) per setting: FreeMatch with Random between "
                         f"{REGIME['lo']:g}% and {REGIME['hi']:g}%, above Supervised (Random) in at least "

@@ -643,6 +643,12 @@ def test_readings_pick_the_best_mean_validation_and_only_on_a_complete_sweep(tmp
     assert not (out / "x" / "pick.txt").exists() and "No pick yet" in (out / "x" / "readings.md").read_text()
 
 
+def sign_p2(k, n):
+    """Two-sided sign test by hand: k of n non-tied pairs positive; twice the smaller binomial tail, at most 1."""
+    tail = lambda j: sum(math.comb(n, i) for i in range(j, n + 1)) / 2 ** n  # noqa: E731
+    return min(1.0, 2 * min(tail(k), tail(n - k)))
+
+
 def test_pick_test_pairs_the_pick_with_no_fa_by_seed(tmp_path):
     (tmp_path / "pick.txt").write_text("freematch --fa --fa-warmup 100\n")
     want = []
@@ -662,7 +668,7 @@ def test_pick_test_pairs_the_pick_with_no_fa_by_seed(tmp_path):
     md = report.pick_test_table(report.pick_test(seeded, picks), picks)
     k = sum(x > 0 for x in want)
     n = sum(x != 0 for x in want)
-    p = min(1.0, 2 * min(sum(math.comb(n, i) for i in range(k, n + 1)), sum(math.comb(n, i) for i in range(n - k, n + 1))) / 2 ** n)
+    p = sign_p2(k, n)
     assert f"{np.mean(want):+.2f} ({k}/{len(want)}, p = {p:.2f})" in md and "all 2 settings" not in md
     # a second setting: its own row, and the bold row pools both settings' pairs
     extra = [0.3, -0.2, 0.5]
@@ -672,8 +678,8 @@ def test_pick_test_pairs_the_pick_with_no_fa_by_seed(tmp_path):
     seeded, _ = report.load_runs(str(tmp_path), by_seed=True, metric="val")
     md = report.pick_test_table(report.pick_test(seeded, picks), picks)
     both = want + extra
-    k, n = sum(x > 0 for x in both), sum(x != 0 for x in both)
-    p = min(1.0, 2 * min(sum(math.comb(n, i) for i in range(k, n + 1)), sum(math.comb(n, i) for i in range(n - k, n + 1))) / 2 ** n)
+    p = sign_p2(sum(x > 0 for x in both), sum(x != 0 for x in both))
+    k = sum(x > 0 for x in both)
     row = next(l for l in md.splitlines() if "all 2 settings" in l)
     assert row.endswith(f"**{np.mean(both):+.2f} ({k}/{len(both)}, p = {p:.2f})** |")
 
