@@ -6,7 +6,7 @@
     python report.py --runs results/fa-readings/sweep --out results/fa-readings --readings   # the pick, on validation
     python report.py --runs results/fa-readings/test --out results/fa-readings/test/val --metric val \
         --pick results/fa-readings/pick.txt                   # the pick against no FA on fresh seeds
-    python report.py --runs results/fashionmnist/table1 --out results/fashionmnist/table1 --regime   # + the criteria
+    python report.py --runs results/fashionmnist/runs --out results/fashionmnist --regime   # + the criteria
     python report.py --runs results/runs --out results --fig3 A.features.npz B.features.npz
     python report.py --runs results/runs --out results --curves NAME [RUN.json] [RUN.log.jsonl] ...
 
