@@ -620,7 +620,7 @@ def main(argv=None):
                         "test accuracy is read")
     p.add_argument("--regime", action="store_true",
                    help="add the regime criteria (docs/fashionmnist.md) per setting: FreeMatch with Random between "
-                        f"{REGIME['lo']:g}% and {REGIME['hi']:g}%, above Supervised (Random) in at least "
+                        f"{REGIME['lo']:g}%% and {REGIME['hi']:g}%%, above Supervised (Random) in at least "
                         f"{REGIME['wins']} seeds, every FixMatch / FreeMatch cell's seed std at most "
                         f"{REGIME['max_std']:g} (on --metric)")
     p.add_argument("--pick", metavar="FILE",

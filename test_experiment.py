@@ -710,3 +710,12 @@ def test_regime_criteria_against_a_hand_count(tmp_path):
     report.main(["--runs", str(tmp_path), "--out", str(tmp_path / "b"), "--regime"])
     assert "regime criteria" not in (tmp_path / "a" / "tables.md").read_text()
     assert md in (tmp_path / "b" / "tables.md").read_text()
+
+
+@pytest.mark.parametrize("cmd", [["ssal.py"], ["report.py"], ["pretrain.py"], ["bench.py"], ["bench.py", "train"]])
+def test_every_entry_script_prints_its_help(cmd):
+    """--help formats every flag's help text (argparse %-expands it: a bare '%' in one crashes --help alone)."""
+    p = subprocess.run([sys.executable, os.path.join(HERE, *cmd[:1]), *cmd[1:], "--help"], capture_output=True,
+                       text=True, cwd=HERE, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.startswith("usage:") and "--help" in p.stdout
