@@ -705,6 +705,9 @@ def test_regime_criteria_against_a_hand_count(tmp_path):
     # stricter thresholds flip the first two verdicts
     strict = report.regime(seeded, [("digits", 10)], lo=62, wins=5).splitlines()[2:4]
     assert all(r.endswith("| **not met** |") for r in strict)
+    # a grid still running: with 6 seeds asked, no verdict yet; a setting without FreeMatch + Random: missing
+    pending = report.regime(seeded, [("digits", 10), ("digits", 20)], seeds=6).splitlines()[2:]
+    assert [r.split(" | ")[-1] for r in pending] == ["pending (5 of 6 seeds) |"] * 3 + ["missing |"] * 3
     # through the command line: the section is in tables.md only with --regime
     report.main(["--runs", str(tmp_path), "--out", str(tmp_path / "a")])
     report.main(["--runs", str(tmp_path), "--out", str(tmp_path / "b"), "--regime"])
