@@ -579,7 +579,7 @@ def regime(seeded, settings, lo=REGIME["lo"], hi=REGIME["hi"], wins=REGIME["wins
         d = [fm[s] - sup[s] for s in common]  # same seed: the same labeled images
         k = sum(x > 0 for x in d)
         gap = f" (mean gap {np.mean(d):+.2f})" if d else ""
-        lines.append(f"| FreeMatch above Supervised (Random) in at least {wins} of {seeds} seeds | {ds} #{b} | "
+        lines.append(f"| FreeMatch above Supervised (Random) in at least {wins} of {seeds} seeds | {ds} #{b} | " +
                      (f"{k} of {len(d)} seeds{gap} | {verdict(k >= wins, len(d))} |" if d else "- | missing |"))
         stds = {key: (np.std(list(v.values()), ddof=1), len(v)) for key, v in seeded.items()
                 if key[:2] == (ds, b) and key[2] in ("fixmatch", "freematch") and len(v) > 1}
