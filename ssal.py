@@ -80,6 +80,22 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def preset_help(key):
+    """'Preset: digits, fashionmnist 16; cifar100, tinyimagenet 8 (--scratch: ...)': a flag's preset values, read
+    from PRESETS and SCRATCH_PRESETS so that --help never goes stale."""
+    def show(v):
+        if isinstance(v, float) and 0 < abs(v) < 0.01:
+            return np.format_float_scientific(v, trim="-", exp_digits=1)  # 5e-4
+        return "none" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+
+    groups = {}
+    for ds, preset in PRESETS.items():
+        groups.setdefault(show(preset[key]), []).append(ds)
+    text = "Preset: " + "; ".join(f"{', '.join(dss)} {v}" for v, dss in groups.items())
+    scratch = [f"{ds} {show(sp[key])}" for ds, sp in SCRATCH_PRESETS.items() if key in sp]
+    return text + (f" (--scratch: {', '.join(scratch)})" if scratch else "")
+
+
 def get_args(argv=None):
     p = Parser(description="SSL + AL with feature re-alignment (one or more query rounds).")
     a = p.add_argument
@@ -88,8 +104,7 @@ def get_args(argv=None):
     a("--data-dir", default="./data", help="folder holding cifar-100-python/, tiny-imagenet-200/ or FashionMNIST/raw/")
     a("--download", action="store_true", help="let torchvision download CIFAR-100 / Fashion-MNIST into --data-dir")
     a("--budget", type=int, help="initial labeled images AND images selected per round (#100 in Table 1); a "
-                                 "multiple of the classes. Preset: digits 20 (--scratch 10), cifar100 100, "
-                                 "tinyimagenet 200")
+                                 "multiple of the classes. " + preset_help("budget"))
     a("--rounds", type=int, default=1, help="query rounds (the paper runs one)")
     # algorithms
     a("--ssl", default="freematch", choices=ssl_algos.SSL_NAMES, help="training algorithm")
@@ -113,29 +128,27 @@ def get_args(argv=None):
     a("--fa-warmup", type=int, default=0, help="lambda_s and lambda_c ramp linearly from 0 over the first N "
       "iterations of a training (the paper does not say; 0: full weight from the first)")
     a("--p-cutoff", type=float, default=0.95, help="FixMatch's fixed threshold tau")
-    a("--ema-p", type=float, help="FreeMatch's EMA momentum for its thresholds. Preset: digits 0.9, others 0.999")
+    a("--ema-p", type=float, help="FreeMatch's EMA momentum for its thresholds. " + preset_help("ema_p"))
     a("--ent-loss-ratio", type=float, default=0.001, help="FreeMatch's fairness-loss weight")
     a("--lambda-u", type=float, default=1.0, help="weight of the unlabeled consistency loss L_u")
     # model
-    a("--model", help=f"a timm model name, or one of {', '.join(ARCHS)}. Preset: digits vit_tiny_digits, "
-                      "cifar100 vit_small_patch2_32, tinyimagenet vit_small_patch4_64")
+    a("--model", help=f"a timm model name, or one of {', '.join(ARCHS)}. " + preset_help("model"))
     a("--pretrained", action="store_true", help="start from timm's own pretrained weights (needs internet or "
                                                 "the timm/Hugging Face cache)")
     a("--weights", help="a local state dict to start from (timm format, or a {'model': state} checkpoint such as "
-                        "USB's vit_small_patch2_32_mlp_im_1k_32.pth); the classifier head is dropped. Preset: digits "
-                        f"{DIGITS_WEIGHTS}, fashionmnist {FASHION_WEIGHTS} (both made by pretrain.py), others none")
-    a("--scratch", action="store_true", help="start from a random initialisation with the from-scratch digits preset "
-                                           "(budget 10, 1,500 iterations, lr 1e-3, no layer decay): the regime "
-                                           "before the pretrained start")
+                        "USB's vit_small_patch2_32_mlp_im_1k_32.pth); the classifier head is dropped; digits' and "
+                        "fashionmnist's are made by pretrain.py. " + preset_help("weights"))
+    a("--scratch", action="store_true", help="start from a random initialisation with the dataset's from-scratch "
+                                           "preset (the --scratch values in the flags below; digits: the regime "
+                                           "before its pretrained start)")
     # optimisation
-    a("--iters", type=int, help="training iterations per round. Preset: digits 500 (--scratch 1500), fashionmnist "
-      "1500, others 204800")
-    a("--batch-size", type=int, help="labeled batch B. Preset: digits 16, others 8")
-    a("--uratio", type=int, help="unlabeled batch = uratio * B. Preset: digits 3, others 1")
-    a("--lr", type=float, help="AdamW learning rate, cosine decay. Preset: 5e-4 (digits --scratch 1e-3)")
-    a("--weight-decay", type=float, help="AdamW weight decay. Preset: 5e-4")
-    a("--layer-decay", type=float, help="layer-wise lr decay (timm). Preset: 0.5 (digits --scratch: none)")
-    a("--warmup", type=int, help="linear warm-up iterations. Preset: digits 25 (--scratch 75), others 5120")
+    a("--iters", type=int, help="training iterations per round. " + preset_help("iters"))
+    a("--batch-size", type=int, help="labeled batch B. " + preset_help("batch_size"))
+    a("--uratio", type=int, help="unlabeled batch = uratio * B. " + preset_help("uratio"))
+    a("--lr", type=float, help="AdamW learning rate, cosine decay. " + preset_help("lr"))
+    a("--weight-decay", type=float, help="AdamW weight decay. " + preset_help("weight_decay"))
+    a("--layer-decay", type=float, help="layer-wise lr decay (timm). " + preset_help("layer_decay"))
+    a("--warmup", type=int, help="linear warm-up iterations. " + preset_help("warmup"))
     a("--amp", default="auto", choices=("auto", "none", "bf16", "fp16"),
       help="mixed precision for the forward pass and the losses (FA's statistics and FreeMatch's EMAs stay float32; "
            "fp16 uses a GradScaler). auto = none: float32 on every device, as USB trains (amp: False). Measured "
@@ -147,10 +160,10 @@ def get_args(argv=None):
     a("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     a("--workers", type=int, default=-1, help="data-loading processes; -1: 0 on CPU, 4 on GPU")
     a("--eval-every", type=int, help="evaluate the test set every N iterations of a training, and at its last one "
-                                     "(USB's protocol; the curve goes into the result file). Preset: digits 50 "
-                                     "(--scratch 100), others 2048 as USB")
-    a("--log-every", type=int, help="append a line to <out>/<name>.log.jsonl every N iterations. Preset: digits 25 "
-                                    "(--scratch 50), others 256 as USB")
+                                     "(USB's protocol, 2048; the curve goes into the result file). " +
+                                     preset_help("eval_every"))
+    a("--log-every", type=int, help="append a line to <out>/<name>.log.jsonl every N iterations (USB: 256). " +
+                                    preset_help("log_every"))
     a("--ckpt-every", type=int, help="save <out>/ckpt/<name>.pt, the whole run state, every N iterations (deleted "
                                      "when the result is written). Preset: the evaluation interval")
     a("--resume", action=argparse.BooleanOptionalAction, default=True,
@@ -162,11 +175,11 @@ def get_args(argv=None):
       help="reuse a round-0 model trained with the same flags (it does not depend on --al)")
     a("--skip-existing", action="store_true", help="do nothing if <out>/<name>.json exists (resumable grids)")
     a("--val-size", type=int, help="hold N training images out (stratified, the same for every seed): evaluated "
-      "beside the test set (val_curve), for choosing settings; its labels cost annotation. 0: none. Preset: "
-      "fashionmnist 1000, others 0")
+      "beside the test set (val_curve), for choosing settings; its labels cost annotation. 0: none. " +
+      preset_help("val_size"))
     a("--probe", type=int, help="measure the paper's FA quantities (diagnostics.py) at every evaluation on N training "
-                                "images, their labels read for the measures only; 0 turns it off. Preset: digits "
-                                "500, others 2000")
+                                "images, their labels read for the measures only; 0 turns it off. " +
+                                preset_help("probe"))
     a("--save-features", action="store_true", help="also write <out>/<name>.features.npz: the final model's "
                                                    "features and labels of the unlabeled pool (for the t-SNE of Fig. 3)")
     args = p.parse_args(argv)

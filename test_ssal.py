@@ -588,3 +588,40 @@ def test_no_val_size_writes_no_val_curve(tmp_path):
     run(TINY, tmp_path)
     res = load_result(tmp_path)
     assert "final_val_acc" not in res and all("val_curve" not in r for r in res["rounds"] + [res["final"]])
+
+
+def test_help_states_every_preset_value(capsys):
+    """--help as a user reads it: each preset flag's 'Preset: ...' text, parsed back, gives every dataset's value in
+    ssal.PRESETS (and SCRATCH_PRESETS after '--scratch:'), so that a new preset cannot leave the help stale."""
+    with pytest.raises(SystemExit):
+        ssal.get_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse's line wrapping undone
+    flags = {}  # "--iters" -> its help text
+    for part in text.split(" --")[1:]:
+        name = "--" + part.split()[0]
+        flags.setdefault(name, part)
+
+    def parse(groups):  # "digits, fashionmnist 16; cifar100 8" -> {"digits": "16", "fashionmnist": "16", ...}
+        out = {}
+        for g in groups.split("; "):
+            names, value = g.rsplit(" ", 1)
+            out.update({n: value for n in names.split(", ")})
+        return out
+
+    def same(shown, v):
+        return shown == "none" if v is None else (math.isclose(float(shown), v) if isinstance(v, (int, float))
+                                                   else shown == v)
+
+    keys = ["budget", "iters", "batch_size", "uratio", "lr", "weight_decay", "layer_decay", "warmup", "ema_p",
+            "eval_every", "log_every", "probe", "val_size", "model", "weights"]
+    for key in keys:
+        h = flags["--" + key.replace("_", "-")]
+        body = h.split("Preset: ", 1)[1]
+        main, _, scratch = body.partition(" (--scratch: ")
+        shown = parse(main.rstrip(". "))
+        assert set(shown) == set(ssal.PRESETS), (key, shown)
+        for ds, v in shown.items():
+            assert same(v, ssal.PRESETS[ds][key]), (key, ds, v)
+        want = {ds: sp[key] for ds, sp in ssal.SCRATCH_PRESETS.items() if key in sp}
+        got = parse(scratch.split(")")[0].replace(", ", "; ")) if scratch else {}
+        assert set(got) == set(want) and all(same(got[ds], want[ds]) for ds in want), (key, got, want)
