@@ -589,7 +589,8 @@ def regime(seeded, settings, lo=REGIME["lo"], hi=REGIME["hi"], wins=REGIME["wins
                          f"{stds[worst][0]:.2f} ({worst[2]}, {worst[3]}, {worst[4]}; {len(stds)} cells) "
                          f"| {verdict(stds[worst][0] <= max_std, min(n for _, n in stds.values()))} |")
         else:
-            lines.append(f"| every FixMatch / FreeMatch cell's seed std at most {max_std:g} | {ds} #{b} | - | missing |")
+            lines.append(f"| every FixMatch / FreeMatch cell's seed std at most {max_std:g} | {ds} #{b} | - "
+                         "| missing |")
     return "\n".join(lines)
 
 
@@ -626,8 +627,8 @@ def main(argv=None):
     p.add_argument("--regime", action="store_true",
                    help="add the regime criteria (docs/fashionmnist.md) per setting: FreeMatch with Random between "
                         f"{REGIME['lo']:g}%% and {REGIME['hi']:g}%%, above Supervised (Random) in at least "
-                        f"{REGIME['wins']} of {REGIME['seeds']} seeds, every FixMatch / FreeMatch cell's seed std at most "
-                        f"{REGIME['max_std']:g} (on --metric); 'pending' until the cells have their "
+                        f"{REGIME['wins']} of {REGIME['seeds']} seeds, every FixMatch / FreeMatch cell's seed std "
+                        f"at most {REGIME['max_std']:g} (on --metric); 'pending' until the cells have their "
                         f"{REGIME['seeds']} seeds")
     p.add_argument("--pick", metavar="FILE",
                    help="pick.txt: add the picked readings against no FA (run_experiment.sh readings-test), per "
