@@ -67,11 +67,8 @@ SCRATCH_PRESETS = {"digits": dict(weights=None, budget=10, iters=1500, lr=1e-3, 
                    "fashionmnist": dict(weights=None, lr=1e-3, layer_decay=None)}
 # USB evaluates every num_eval_iter = 2,048 iterations and logs every num_log_iter = 256; digits evaluates 10 times
 # per training and logs 20 times (from scratch: 15 and 30).
-# digits fine-tunes its pretrained start as USB fine-tunes its ViT (lr 5e-4, layer decay 0.5, warm-up 5%); 500
-# iterations: FreeMatch's test accuracy has levelled off by then. ema_p 0.9: FreeMatch's thresholds average over
-# 1 / (1 - ema_p) steps, and 0.999 would keep them near their initial 1/C for a run this short. Budget 20, two
-# images per class (the paper's #200; #10 is its #100), by a test fixed before its runs. The measurements behind
-# each choice: docs/digits.md.
+# digits fine-tunes its start as USB fine-tunes its ViT (lr 5e-4, layer decay 0.5, warm-up 5%); why 500 iterations,
+# ema_p 0.9 (not 0.999) and budget 20, with the measurements: docs/digits.md.
 
 
 class Parser(argparse.ArgumentParser):
