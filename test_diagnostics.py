@@ -102,22 +102,18 @@ def test_measure_has_every_key_and_skips_the_mask_for_supervised():
 
 import json  # noqa: E402
 import os  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 
 import ssal  # noqa: E402
+import test_ssal  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 TINY = ["--budget", "10", "--iters", "4", "--eval-every", "2", "--batch-size", "4", "--uratio", "1", "--probe", "60"]
 MEASURES = {"pl_acc", "anchor_purity", "anchor_purity_weak", "L_sw", "L_sw_unit", "margin_gap", "n_wrong",
             "knn_purity"}
 
 
 def run(args, tmp_path):
-    p = subprocess.run([sys.executable, os.path.join(HERE, "ssal.py"), "--out", str(tmp_path), *args],
-                       capture_output=True, text=True, env=dict(os.environ, SSAL_NO_BAR="1"), cwd=tmp_path,
-                       timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
+    """ssal.py's command line in this process (test_ssal.run) -> (output, result, training log)."""
+    p = test_ssal.run(args, tmp_path)
     (name,) = [f for f in os.listdir(tmp_path) if f.endswith(".json")]
     return p, json.load(open(tmp_path / name)), [json.loads(x) for x in open(tmp_path / (name[:-5] + ".log.jsonl"))]
 

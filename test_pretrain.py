@@ -3,8 +3,6 @@ how ssal.py starts from them (preset) or not (--scratch)."""
 import json
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -114,12 +112,10 @@ def test_one_nn_on_validation_queries_never_reads_the_test_set(tmp_path, monkeyp
     assert P.one_nn(model, data, seeds=(0, 1), queries="val")[2] == accs
 
 
-def test_pretrain_writes_weights_that_ssal_loads(tmp_path):
+def test_pretrain_writes_weights_that_ssal_loads(tmp_path, capsys):
     out = tmp_path / "w.pt"
-    r = subprocess.run([sys.executable, "pretrain.py", "--chars-iters", "2", "--simclr-iters", "2", "--batch", "16",
-                        "--device", "cpu", "--out", str(out)], cwd=HERE, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "1-NN test accuracy" in r.stdout and (tmp_path / "w.json").is_file()
+    P.main(["--chars-iters", "2", "--simclr-iters", "2", "--batch", "16", "--device", "cpu", "--out", str(out)])
+    assert "1-NN test accuracy" in capsys.readouterr().out and (tmp_path / "w.json").is_file()
     state = torch.load(out)
     assert not any(k.startswith("head") for k in state)
     model = ssal.build_model(ssal.get_args(["--weights", str(out)]), 10, 32)
@@ -151,21 +147,20 @@ def test_fashion_view_crops_a_region_and_scales_it_up():
     assert (c == round(0.6 * 255)).all()
 
 
-def test_pretrain_fashionmnist_on_small_idx_files(tmp_path):
+def test_pretrain_fashionmnist_on_small_idx_files(tmp_path, capsys):
     from test_data import small_fashion
     small_fashion(tmp_path, n_tr=40, n_te=20)
     out = tmp_path / "f.pt"
-    r = subprocess.run([sys.executable, "pretrain.py", "--dataset", "fashionmnist", "--data-dir", str(tmp_path),
-                        "--simclr-iters", "2", "--batch", "8", "--device", "cpu", "--out", str(out)], cwd=HERE,
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
+    P.main(["--dataset", "fashionmnist", "--data-dir", str(tmp_path), "--simclr-iters", "2", "--batch", "8",
+            "--device", "cpu", "--out", str(out)])
     meta = json.load(open(tmp_path / "f.json"))
     assert meta["recipe"]["dataset"] == "fashionmnist" and len(meta["one_nn"][2]) == 5 and "one_nn_before" in meta
     model = ssal.build_model(ssal.get_args(["--dataset", "fashionmnist", "--weights", str(out)]), 10, 32)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in torch.load(out).items())
-    r = subprocess.run([sys.executable, "pretrain.py", "--dataset", "fashionmnist", "--data-dir", str(tmp_path / "no")],
-                       cwd=HERE, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 2 and "apt-get install dataset-fashion-mnist" in r.stderr
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        P.main(["--dataset", "fashionmnist", "--data-dir", str(tmp_path / "no")])
+    assert e.value.code == 2 and "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
 
 
 def test_digits_preset_starts_from_the_committed_weights():

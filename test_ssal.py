@@ -1,10 +1,13 @@
-"""End-to-end tests of ssal.py: the command line in a subprocess (CleanRL-style smoke tests), weight loading,
-round-0 reuse and determinism."""
+"""End-to-end tests of ssal.py: the command line (CleanRL-style smoke tests in a subprocess, the other runs in this
+process), weight loading, round-0 reuse, determinism, kill and resume."""
+import contextlib
+import io
 import json
 import math
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 import torch
@@ -13,13 +16,31 @@ import runstate
 import ssal
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TINY = ["--budget", "10", "--iters", "4", "--batch-size", "4", "--uratio", "1"]  # one label per class: the names below
+# one label per class (the names below); a probe of 50 images, not the preset's 500, for time
+TINY = ["--budget", "10", "--iters", "4", "--batch-size", "4", "--uratio", "1", "--probe", "50"]
 
 
-def run(args, tmp_path, check=True):
-    env = dict(os.environ, SSAL_NO_BAR="1")
-    p = subprocess.run([sys.executable, os.path.join(HERE, "ssal.py"), "--out", str(tmp_path), *args],
-                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+def run(args, tmp_path, check=True, process=False):
+    """`python ssal.py --out tmp_path *args` in the folder tmp_path -> (returncode, stdout, stderr).
+    process=True runs the command a user types, in a new process. By default it runs in this one: the same main
+    behind the same runstate.exit_on_errors (one-line errors, exit codes), without paying the imports again (about
+    10 s on 2 cores, most of a tiny run); what needs a process of its own (a kill, a signal) uses start() below."""
+    if process:
+        p = subprocess.run([sys.executable, os.path.join(HERE, "ssal.py"), "--out", str(tmp_path), *args],
+                           capture_output=True, text=True, env=dict(os.environ, SSAL_NO_BAR="1"), cwd=tmp_path,
+                           timeout=600)
+    else:
+        out, err, code, cwd = io.StringIO(), io.StringIO(), 0, os.getcwd()
+        os.chdir(tmp_path)
+        try:
+            with mock.patch.dict(os.environ, SSAL_NO_BAR="1"), contextlib.redirect_stdout(out), \
+                    contextlib.redirect_stderr(err):
+                runstate.exit_on_errors(lambda: ssal.main(["--out", str(tmp_path), *args]))
+        except SystemExit as e:
+            code = e.code or 0
+        finally:
+            os.chdir(cwd)
+        p = subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
     if check:
         assert p.returncode == 0, p.stderr[-3000:]
     return p
@@ -33,7 +54,7 @@ def load_result(tmp_path):
 
 @pytest.mark.parametrize("extra", [["--ssl", "freematch", "--fa"], ["--ssl", "supervised"]])
 def test_smoke_digits_round(tmp_path, extra):
-    run([*TINY, "--rounds", "2", *extra], tmp_path)
+    run([*TINY, "--rounds", "2", *extra], tmp_path, process=True)  # the command a user types
     res = load_result(tmp_path)
     assert 0.0 <= res["final_acc"] <= 1.0
     initial = set(ssal.D.initial_split(ssal.D.load_digits_arrays()[1], 10, 10, 0).tolist())
@@ -83,6 +104,7 @@ def test_round0_is_reused_across_selectors(tmp_path):
     (["--model", "no_such_net"], "unknown --model"),
 ])
 def test_user_errors_are_one_line_without_traceback(tmp_path, args, needle):
+    # in this process; test_out_that_is_a_file_fails_before_training checks the same from a process of its own
     p = run([*TINY, *args], tmp_path, check=False)
     assert p.returncode == 2
     assert needle in p.stderr and "Traceback" not in p.stderr
@@ -209,7 +231,7 @@ def test_layer_decay_reaches_the_optimizer():
 # long runs: kill and resume, signals, divergence, flag checks, corrupt files
 
 LONG = ["--budget", "10", "--iters", "60", "--eval-every", "10", "--log-every", "15", "--ckpt-every", "5",
-        "--batch-size", "4", "--uratio", "1", "--fa", "--al", "noise"]
+        "--batch-size", "4", "--uratio", "1", "--fa", "--al", "noise", "--probe", "50"]
 LONG_NAME = "digits-b10-freematch-fa_s1_c0.01_T10-noise-r1-s0"
 
 
@@ -252,9 +274,7 @@ def comparable(out, name):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref")
-    p = start(LONG, out)
-    p.communicate(timeout=600)
-    assert p.returncode == 0
+    run(LONG, out)
     return comparable(out, LONG_NAME)
 
 
@@ -404,6 +424,7 @@ def test_every_flag_is_checked_before_work(tmp_path, capsys, args, needle):
 
 
 def test_out_that_is_a_file_fails_before_training(tmp_path):
+    """From a process of its own: what the user sees of a mistake is one line on stderr (no warning, no traceback)."""
     f = tmp_path / "afile"
     f.write_text("x")
     p = subprocess.run([sys.executable, os.path.join(HERE, "ssal.py"), *TINY, "--out", str(f)], capture_output=True,
