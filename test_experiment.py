@@ -104,7 +104,6 @@ def run_sbatch_with_stub(tmp_path, mode, signal_to_send):
     """Generates the sbatch script of a tiny grid, swaps task 0's command for STUB, runs the script with a fake
     scontrol on PATH, sends it `signal_to_send` (if any) once the stub runs; returns (exit code, scontrol calls)."""
     import shlex
-    import signal
     import time
     grid("table1", tmp_path, **TINY_GRID)
     runs = tmp_path / "runs"
