@@ -561,9 +561,11 @@ def regime(seeded, settings, lo=REGIME["lo"], hi=REGIME["hi"], wins=REGIME["wins
            seeds=REGIME["seeds"]):
     """Per setting, three criteria on the runs found ({key: {seed: acc}}): FreeMatch with Random between lo and hi %
     (cell mean); FreeMatch above Supervised, both with Random, in at least `wins` of `seeds` same-seed pairs; every
-    FixMatch / FreeMatch cell (any selector, FA or not) with a seed std of at most max_std. A Markdown table:
-    criterion, setting, the value measured, and the verdict: met / not met once the cells it reads have `seeds`
-    seeds, "pending (k of `seeds` seeds)" before (a grid still running), "missing" without a FreeMatch + Random run."""
+    FixMatch / FreeMatch cell with Random (FA or not) with a seed std of at most max_std. The criteria read the
+    Random cells only, as the issue defines them; a fourth row, not a criterion, gives the largest seed std of any
+    FixMatch / FreeMatch cell (a selector's cell also varies with which classes its selection covers). A Markdown
+    table: criterion, setting, the value measured, and the verdict: met / not met once the cells it reads have
+    `seeds` seeds, "pending (k of `seeds` seeds)" before (a grid still running), "missing" without the runs."""
     lines = ["| Criterion | Setting | Measured | Met |", "|---|---|---|---|"]
 
     def verdict(ok, n):
@@ -583,14 +585,18 @@ def regime(seeded, settings, lo=REGIME["lo"], hi=REGIME["hi"], wins=REGIME["wins
                      (f"{k} of {len(d)} seeds{gap} | {verdict(k >= wins, len(d))} |" if d else "- | missing |"))
         stds = {key: (np.std(list(v.values()), ddof=1), len(v)) for key, v in seeded.items()
                 if key[:2] == (ds, b) and key[2] in ("fixmatch", "freematch") and len(v) > 1}
-        if stds:
-            worst = max(stds, key=lambda key: stds[key][0])
-            lines.append(f"| every FixMatch / FreeMatch cell's seed std at most {max_std:g} | {ds} #{b} | largest "
-                         f"{stds[worst][0]:.2f} ({worst[2]}, {worst[3]}, {worst[4]}; {len(stds)} cells) "
-                         f"| {verdict(stds[worst][0] <= max_std, min(n for _, n in stds.values()))} |")
-        else:
-            lines.append(f"| every FixMatch / FreeMatch cell's seed std at most {max_std:g} | {ds} #{b} | - "
-                         "| missing |")
+        for only_random in (True, False):
+            cells = {key: v for key, v in stds.items() if key[4] == "random" or not only_random}
+            what = (f"| every FixMatch / FreeMatch cell's seed std at most {max_std:g} (Random) | {ds} #{b} | "
+                    if only_random else f"| (not a criterion) the largest seed std of any FixMatch / FreeMatch "
+                                        f"cell | {ds} #{b} | ")
+            if not cells:
+                lines.append(what + "- | missing |")
+                continue
+            worst = max(cells, key=lambda key: cells[key][0])
+            n = min(k for _, k in cells.values())
+            lines.append(what + f"largest {cells[worst][0]:.2f} ({worst[2]}, {worst[3]}, {worst[4]}; {len(cells)} "
+                         f"cells) | " + (f"{verdict(cells[worst][0] <= max_std, n)} |" if only_random else "- |"))
     return "\n".join(lines)
 
 
@@ -627,9 +633,9 @@ def main(argv=None):
     p.add_argument("--regime", action="store_true",
                    help="add the regime criteria (docs/fashionmnist.md) per setting: FreeMatch with Random between "
                         f"{REGIME['lo']:g}%% and {REGIME['hi']:g}%%, above Supervised (Random) in at least "
-                        f"{REGIME['wins']} of {REGIME['seeds']} seeds, every FixMatch / FreeMatch cell's seed std "
-                        f"at most {REGIME['max_std']:g} (on --metric); 'pending' until the cells have their "
-                        f"{REGIME['seeds']} seeds")
+                        f"{REGIME['wins']} of {REGIME['seeds']} seeds, a seed std of at most {REGIME['max_std']:g} in "
+                        f"every FixMatch / FreeMatch cell with Random (on --metric); 'pending' until the cells have "
+                        f"their {REGIME['seeds']} seeds; beside them, the largest seed std of any cell")
     p.add_argument("--pick", metavar="FILE",
                    help="pick.txt: add the picked readings against no FA (run_experiment.sh readings-test), per "
                         "selector, paired by seed, with a two-sided sign test over every pair")
