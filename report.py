@@ -11,7 +11,9 @@
     python report.py --runs results/runs --out results --curves NAME [RUN.json] [RUN.log.jsonl] ...
 
 Each cell is mean +- sample std (ddof = 1) over the seeds found (n shown when it is not 3), with the paper's
-number beside it where the paper has that cell. A cell with no result file is shown as "missing", never filled in.
+number beside it where the paper has that cell. A cell with no result file is shown as "missing", never filled in;
+a row without any is left out, unless the paper has numbers for it (a grid of one SSL algorithm, as the short
+schedule of docs/fashionmnist.md, shows its own rows only).
 
 --metric best (default): the best test accuracy of the final training over its periodic evaluations
 (final_best_acc), USB's protocol and the one the paper's numbers follow; it is selected on the test set, so it is
@@ -158,6 +160,8 @@ def table1(cells, settings, fa_variant, marked=frozenset(), collapsed=frozenset(
             if k == 1:
                 rows.append(("Supervised", sup, 0))
         for name, keys, pk in rows:
+            if not paper and not any(cells.get(k) for k in keys):
+                continue  # a row no run of the grid fills (the short schedule has FreeMatch's rows only)
             out = []
             for j, key in enumerate(keys):
                 if name == "+ FA" and j == 0:  # the paper has no Random + FA cell: its dash stays beside ours

@@ -179,6 +179,9 @@ def test_digits_grid_end_to_end_and_report(tmp_path):
     k = [i for i, l in enumerate(lines) if "| FreeMatch |" in l][0]
     row, fa_row = lines[k].split("|"), lines[k + 1].split("|")  # FreeMatch's row and its "+ FA" row
     assert fa_row[2].strip() == "+ FA"
+    # Table 1 holds the two rows that ran: no supervised or FixMatch run, so no row for them (digits has no paper row)
+    t1 = [l.split("|")[2].strip() for l in lines[:k + 3] if l.startswith("| digits #10 |")]
+    assert t1 == ["FreeMatch", "+ FA"], t1
     ssl = [r for r in res if not r["config"]["fa"] and r["config"]["al"] == "coreset"][0]
     # columns: '', setting, method, Random, CoreSet, AlpMix, ActFT, Noise, Avg
     # CoreSet cell, one seed, --metric best by default (a result without a curve: its last accuracy, marked)
