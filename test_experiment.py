@@ -3,8 +3,10 @@ import importlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -17,12 +19,35 @@ import ssal
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def run_group(cmd, timeout, **kw):
+    """subprocess.run(cmd, capture_output=True, text=True) in a process group of its own, killed whole when the
+    timeout passes: a grid's runs are the shell's children, and killing the shell alone (subprocess.run's timeout)
+    would leave them training, slowing every later test."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
 def grid(name, tmp_path, **env):
     e = dict(os.environ, OUT=str(tmp_path / "runs"), SSAL_NO_BAR="1", **env)
-    p = subprocess.run(["bash", os.path.join(HERE, "run_experiment.sh"), name], capture_output=True, text=True,
-                       env=e, timeout=900)
+    p = run_group(["bash", os.path.join(HERE, "run_experiment.sh"), name], 900, env=e)
     assert p.returncode == 0, p.stderr[-3000:]
     return p.stdout
+
+
+def test_run_group_timeout_kills_the_grandchildren(tmp_path):
+    pidfile = tmp_path / "pid"
+    with pytest.raises(subprocess.TimeoutExpired):  # the shell's child writes its pid, then outlives the timeout
+        run_group(["bash", "-c", f"sleep 60 & echo $! > {pidfile}; wait"], 2)
+    pid = int(pidfile.read_text())
+    time.sleep(0.2)
+    alive = os.path.exists(f"/proc/{pid}") and "Z" not in open(f"/proc/{pid}/stat").read().split()[2]
+    assert not alive, "the grandchild survived its group's timeout"
 
 
 @pytest.mark.parametrize("name, env, n", [
