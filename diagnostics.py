@@ -13,6 +13,11 @@ they never reach training or selection):
     anchor_purity       Eq. 11 computed fresh: the fraction whose i* (nearest labeled sample over T strong views,
                         cosine) has the probe image's class -- the quantity L_s relies on
     anchor_purity_weak  the same with one weak view on both sides (a plain cosine 1-NN)
+    anchors_eff         the effective number of distinct i* (exp of the entropy of their histogram): N_l when every
+                        labeled sample anchors as many probe images, 1 when one anchors all -- which labeled
+                        features L_s pulls the pool towards
+    pred_eff            the same for the weak-view pseudo-labels: C when the head predicts every class as often,
+                        1 when it predicts one
     L_sw, L_sw_unit     Eq. 13: mean ||g(x_s) - g(x_w)||^2, on the raw and on unit-normalised features
     margin_gap, n_wrong Eq. 15: mean |Delta_m(x_w) - Delta_m(x_s)|, Delta_m(x) = (W_yhat - W_y)^T g(x) (Eq. 14;
                         yhat the weak pseudo-label, y the true label), over the probe images whose pseudo-label is
@@ -41,11 +46,23 @@ def pseudo_label_accuracy(logits_w, y, mask=None):
     return right[mask].float().mean().item() if bool(mask.any()) else None
 
 
+def anchors(z_u, z_lb):
+    """Eq. 11's nearest labeled sample, i*_j = argmax_{i, t} cos(z_u[j], z_lb[i, t]), by L_s's own code. z_u [N, d];
+    z_lb [N_l, T, d] (T views per labeled sample) or [N_l, d] (one view). Returns i* [N]."""
+    return fa.nearest_labeled(z_u, z_lb[:, None] if z_lb.dim() == 2 else z_lb)
+
+
 def anchor_purity(z_u, y_u, z_lb, y_lb):
-    """Eq. 11's nearest labeled sample, i* = argmax_{i, t} cos(z_u[j], z_lb[i, t]), and the fraction of rows j whose
-    i* has class y_u[j]. z_u [N, d]; z_lb [N_l, T, d] (T views per labeled sample) or [N_l, d] (one view)."""
-    i_star = fa.nearest_labeled(z_u, z_lb[:, None] if z_lb.dim() == 2 else z_lb)  # [N], L_s's own Eq. 11
-    return (y_lb[i_star] == y_u).float().mean().item()
+    """The fraction of rows j whose Eq. 11 anchor i*_j (anchors above) has class y_u[j]."""
+    return (y_lb[anchors(z_u, z_lb)] == y_u).float().mean().item()
+
+
+def effective_number(labels, n):
+    """exp(-sum_k p_k log p_k), p the histogram of labels [N] (ints in [0, n)) over the n values: n when they are
+    spread evenly, 1 when all are one value."""
+    p = torch.bincount(labels, minlength=n).double() / len(labels)  # [n]
+    p = p[p > 0]
+    return torch.exp(-(p * p.log()).sum()).item()
 
 
 def strong_weak_distance(z_s, z_w):
@@ -83,6 +100,8 @@ def measure(z_w, logits_w, z_s, W, y, z_lb_s, z_lb_w, y_lb, mask=None):
         out.update(pl_acc_masked=pseudo_label_accuracy(logits_w, y, mask), mask=mask.float().mean().item())
     out["anchor_purity"] = anchor_purity(z_s, y, z_lb_s, y_lb)
     out["anchor_purity_weak"] = anchor_purity(z_w, y, z_lb_w, y_lb)
+    out["anchors_eff"] = effective_number(anchors(z_s, z_lb_s), len(y_lb))
+    out["pred_eff"] = effective_number(logits_w.argmax(1), logits_w.shape[1])
     out["L_sw"], out["L_sw_unit"] = strong_weak_distance(z_s, z_w)
     out["margin_gap"], out["n_wrong"] = margin_gap(z_w, z_s, W, y, logits_w.argmax(1))
     out["knn_purity"] = knn_purity(z_w, y)

@@ -81,7 +81,9 @@ DIAG_PANELS = {"diag_pl": ("pl_acc", "pl_acc_masked", "probe: pseudo-label accur
                "diag_anchor": ("anchor_purity", "anchor_purity_weak", "probe: Eq. 11 anchor purity (dashed: weak)"),
                "diag_knn": ("knn_purity", None, "probe: 1-NN purity of the weak features"),
                "diag_sw": ("L_sw_unit", None, "probe: L_sw on unit features (Eq. 13)"),
-               "diag_gap": ("margin_gap", None, "probe: margin gap, wrong pseudo-labels (Eq. 15)")}
+               "diag_gap": ("margin_gap", None, "probe: margin gap, wrong pseudo-labels (Eq. 15)"),
+               "diag_eff": ("anchors_eff", "pred_eff", "probe: effective number of Eq. 11 anchors (dashed: classes "
+                                                       "predicted)")}
 
 
 def read_log(path):

@@ -278,7 +278,7 @@ def collapsed_runs(folder):
 
 
 DIAG_KEYS = ("pl_acc", "pl_acc_masked", "mask", "anchor_purity", "anchor_purity_weak", "L_sw", "L_sw_unit",
-             "margin_gap", "knn_purity")  # diagnostics.py's measures, as the result files' diag_curve holds them
+             "margin_gap", "knn_purity", "anchors_eff", "pred_eff")  # diagnostics.py's measures, as diag_curve has them
 
 
 def diag_pairs(folder, fa_variant):
@@ -304,9 +304,12 @@ def diag_pairs(folder, fa_variant):
 
 def diag_table(parts):
     """One row per measure: FA / no FA means over the pairs, with how many pairs FA is higher in and the two-sided
-    sign-test p (min of the two one-sided tests, doubled), at the first evaluation and at the end."""
+    sign-test p (min of the two one-sided tests, doubled), at the first evaluation and at the end. A measure no pair
+    has (one added after the runs) is left out."""
     lines = ["| measure | first evaluation: FA / no FA (FA higher, p) | end: FA / no FA (FA higher, p) |", "|---|---|---|"]
     for m in DIAG_KEYS:
+        if not any(parts[when].get(m, ([], []))[0] for when in ("first", "end")):
+            continue
         cells = []
         for when in ("first", "end"):
             a, b = parts[when].get(m, ([], []))

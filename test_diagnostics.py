@@ -43,6 +43,28 @@ def test_anchor_purity_uses_the_strong_views_hand_worked():
     assert G.anchor_purity(z_u, torch.tensor([0]), z_lb, torch.tensor([0, 1])) == 0.0
 
 
+def test_effective_number_against_the_entropy_and_hand_worked():
+    g = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 5, (60,), generator=g)
+    h = -sum((c / 60) * math.log(c / 60) for c in (int((labels == k).sum()) for k in range(5)) if c)
+    assert G.effective_number(labels, 7) == pytest.approx(math.exp(h))  # unused values add nothing
+    assert G.effective_number(torch.tensor([2, 2, 2]), 4) == pytest.approx(1.0)  # one value
+    assert G.effective_number(torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]), 4) == pytest.approx(4.0)  # evenly spread
+    assert G.effective_number(torch.tensor([0, 0, 1, 1]), 10) == pytest.approx(2.0)  # two halves: two values
+
+
+def test_anchors_eff_counts_the_labeled_samples_eq11_picks():
+    """Three labeled samples with one view each; the probe's rows point at samples 0, 0, 0, 2: the anchors are
+    0 (3 of 4) and 2 (1 of 4), so exp(H) = exp(-(3/4 log 3/4 + 1/4 log 1/4))."""
+    z_lb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])  # [3, 2]
+    z_u = torch.tensor([[1.0, 0.1], [2.0, -0.5], [1.0, 0.3], [-1.0, -0.2]])
+    assert G.anchors(z_u, z_lb).tolist() == [0, 0, 0, 2]
+    out = G.measure(z_u, torch.tensor([[1.0, 0.0]] * 3 + [[0.0, 1.0]]), z_u, torch.eye(2), torch.tensor([0, 0, 1, 1]),
+                    z_lb[:, None], z_lb, torch.tensor([0, 1, 1]))
+    h = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert out["anchors_eff"] == pytest.approx(math.exp(h)) and out["pred_eff"] == pytest.approx(math.exp(h))
+
+
 def test_strong_weak_distance_hand_worked():
     z_s = torch.tensor([[3.0, 0.0], [0.0, 2.0]])
     z_w = torch.tensor([[0.0, 4.0], [0.0, 1.0]])
@@ -91,7 +113,7 @@ def test_measure_has_every_key_and_skips_the_mask_for_supervised():
     logits = z_w @ W.T
     out = G.measure(z_w, logits, z_s, W, y, z_lb_s, z_lb_w, y_lb, mask=logits.softmax(1).max(1).values > 0.5)
     assert set(out) == {"pl_acc", "pl_acc_masked", "mask", "anchor_purity", "anchor_purity_weak", "L_sw",
-                        "L_sw_unit", "margin_gap", "n_wrong", "knn_purity"}
+                        "L_sw_unit", "margin_gap", "n_wrong", "knn_purity", "anchors_eff", "pred_eff"}
     assert all(v is None or math.isfinite(v) for v in out.values())
     sup = G.measure(z_w, logits, z_s, W, y, z_lb_s, z_lb_w, y_lb, mask=None)
     assert "mask" not in sup and "pl_acc_masked" not in sup and sup["pl_acc"] == out["pl_acc"]
@@ -108,7 +130,7 @@ import test_ssal  # noqa: E402
 
 TINY = ["--budget", "10", "--iters", "4", "--eval-every", "2", "--batch-size", "4", "--uratio", "1", "--probe", "60"]
 MEASURES = {"pl_acc", "anchor_purity", "anchor_purity_weak", "L_sw", "L_sw_unit", "margin_gap", "n_wrong",
-            "knn_purity"}
+            "knn_purity", "anchors_eff", "pred_eff"}
 
 
 def run(args, tmp_path):

@@ -526,7 +526,8 @@ def test_runs_from_several_folders_are_read_as_one_set(tmp_path):
 
 def test_curves_draw_the_probe_panels_of_a_probed_run(tmp_path):
     diag = {"pl_acc": 0.8, "pl_acc_masked": 0.9, "mask": 0.5, "anchor_purity": 0.4, "anchor_purity_weak": 0.7,
-            "L_sw": 3.0, "L_sw_unit": 0.5, "margin_gap": 1.2, "n_wrong": 9, "knn_purity": 0.9}
+            "L_sw": 3.0, "L_sw_unit": 0.5, "margin_gap": 1.2, "n_wrong": 9, "knn_purity": 0.9, "anchors_eff": 6.5,
+            "pred_eff": 3.2}
     lines = [{"event": "start", "rounds": 0}, {"round": 0, "iter": 2, "L_l": 1.0, "lr": 0.1},
              {"round": 0, "iter": 2, "test_acc": 0.5, "probe": diag},
              {"round": 0, "iter": 4, "test_acc": 0.6, "probe": {**diag, "margin_gap": None, "n_wrong": 0}}]
@@ -534,7 +535,10 @@ def test_curves_draw_the_probe_panels_of_a_probed_run(tmp_path):
     R, tr = figures.read_log(str(tmp_path / "p.log.jsonl"))
     assert [it for it, _ in tr[0]["probe"]] == [2, 4] and tr[0]["probe"][0][1] == diag
     assert figures.curve_panels(tr) == ["L_l", "lr", "test_acc", "diag_pl", "diag_anchor", "diag_knn", "diag_sw",
-                                        "diag_gap"]
+                                        "diag_gap", "diag_eff"]
+    old = {k: v for k, v in diag.items() if k not in ("anchors_eff", "pred_eff")}  # a log from before the measure
+    write_log(tmp_path / "o.log.jsonl", [{**d, "probe": old} if "probe" in d else d for d in lines])
+    assert figures.curve_panels(figures.read_log(str(tmp_path / "o.log.jsonl"))[1])[-1] == "diag_gap"
     figures.plot_curves(str(tmp_path / "p.log.jsonl"), str(tmp_path / "p.png"))
     assert os.path.getsize(tmp_path / "p.png") > 0
     # a log without probe lines gets no probe panel
@@ -567,7 +571,7 @@ def test_diag_pairs_pair_fa_with_its_no_fa_twin_and_the_table_counts(tmp_path):
     md = report.diag_table(parts)
     row = next(l for l in md.splitlines() if l.startswith("| anchor_purity |"))
     assert "0.550 / 0.500 (1/2, p = 1.00)" in row and "0.750 / 0.600 (2/2, p = 0.50)" in row
-    assert "| knn_purity | - | - |" in md  # a measure no run has
+    assert "| knn_purity |" not in md  # a measure no run has (one added after the runs) is left out
 
 
 def test_collapsed_runs_are_listed_and_their_cells_marked(tmp_path):
