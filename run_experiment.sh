@@ -192,6 +192,13 @@ EOF
 fi
 
 echo "$GRID: $N runs into $OUT"
+# other ssal.py runs share this machine's cores: JOBS and the threads per job assume they are free, and each run's
+# time_* figures come out inflated (docs/long-runs.md)
+others=$(pgrep -fc '(^|[ /])ssal\.py( |$)' || true)
+if [ "${others:-0}" -gt 0 ]; then
+  echo "warning: $others other ssal.py process(es) already run on this machine, sharing its $(nproc) cores with this" \
+       "grid: its runs will be slower and their recorded times inflated" >&2
+fi
 if [ -n "${GPUS:-}" ]; then
   read -ra G <<< "$GPUS"; pin() { echo "CUDA_VISIBLE_DEVICES=$1"; }
 elif [ "${JOBS:-1}" -gt 1 ]; then  # CPU workers, the cores split between them

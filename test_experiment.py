@@ -86,6 +86,20 @@ def test_fashionmnist_preset_grids(tmp_path):
     assert all("--out results/fashionmnist/readings/sweep " in c for c in cmds)  # not digits' sweep folder
 
 
+def test_a_grid_warns_when_other_ssal_runs_share_the_machine(tmp_path):
+    """A process whose command line is an ssal.py run (a sleep renamed) makes the grid warn before it starts."""
+    fake = subprocess.Popen(["bash", "-c", 'exec -a "python ssal.py --dataset digits" sleep 120'])
+    try:
+        time.sleep(0.5)
+        p = run_group(["bash", os.path.join(HERE, "run_experiment.sh"), "table2"], 300,  # `true ssal.py ...`: no training
+                      env=dict(os.environ, OUT=str(tmp_path / "runs"), SEEDS="0", SELECTORS="random", PYTHON="true"))
+    finally:
+        fake.kill()
+        fake.wait()
+    assert p.returncode == 0 and "done: python report.py" in p.stdout
+    assert "warning:" in p.stderr and "other ssal.py process(es) already run on this machine" in p.stderr
+
+
 def test_slurm_writes_an_array_script(tmp_path):
     out = grid("table2", tmp_path, SLURM="1", SEEDS="0")
     sb = (tmp_path / "runs" / "table2.sbatch").read_text()
