@@ -57,12 +57,12 @@ def anchor_purity(z_u, y_u, z_lb, y_lb):
     return (y_lb[anchors(z_u, z_lb)] == y_u).float().mean().item()
 
 
-def effective_number(labels, n):
-    """exp(-sum_k p_k log p_k), p the histogram of labels [N] (ints in [0, n)) over the n values: n when they are
-    spread evenly, 1 when all are one value."""
-    p = torch.bincount(labels, minlength=n).double() / len(labels)  # [n]
-    p = p[p > 0]
-    return torch.exp(-(p * p.log()).sum()).item()
+def effective_number(hist):
+    """exp(-sum_k p_k log p_k), p the normalised histogram `hist` (counts, any array): the number of values, n, when
+    the counts are spread evenly over n of them, 1 when all fall on one."""
+    p = np.asarray(hist, dtype=float)
+    p = p[p > 0] / p.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
 
 
 def strong_weak_distance(z_s, z_w):
@@ -100,8 +100,8 @@ def measure(z_w, logits_w, z_s, W, y, z_lb_s, z_lb_w, y_lb, mask=None):
         out.update(pl_acc_masked=pseudo_label_accuracy(logits_w, y, mask), mask=mask.float().mean().item())
     out["anchor_purity"] = anchor_purity(z_s, y, z_lb_s, y_lb)
     out["anchor_purity_weak"] = anchor_purity(z_w, y, z_lb_w, y_lb)
-    out["anchors_eff"] = effective_number(anchors(z_s, z_lb_s), len(y_lb))
-    out["pred_eff"] = effective_number(logits_w.argmax(1), logits_w.shape[1])
+    out["anchors_eff"] = effective_number(torch.bincount(anchors(z_s, z_lb_s)).cpu().numpy())
+    out["pred_eff"] = effective_number(torch.bincount(logits_w.argmax(1)).cpu().numpy())
     out["L_sw"], out["L_sw_unit"] = strong_weak_distance(z_s, z_w)
     out["margin_gap"], out["n_wrong"] = margin_gap(z_w, z_s, W, y, logits_w.argmax(1))
     out["knn_purity"] = knn_purity(z_w, y)

@@ -39,6 +39,7 @@ from collections import defaultdict
 import numpy as np
 
 import fa
+from diagnostics import effective_number
 from figures import HEAD, SELECTORS, curves, fig2, fig3, seeds_label
 
 
@@ -279,6 +280,9 @@ def collapsed_runs(folder):
 
 DIAG_KEYS = ("pl_acc", "pl_acc_masked", "mask", "anchor_purity", "anchor_purity_weak", "L_sw", "L_sw_unit",
              "margin_gap", "knn_purity", "anchors_eff", "pred_eff")  # diagnostics.py's measures, as diag_curve has them
+# and one every result file has, probe or not: the effective number of classes the final training predicts on the
+# test set at its last evaluation, from its test_pred_hist ("end" only)
+TEST_PRED_EFF = "test_pred_eff"
 
 
 def diag_pairs(folder, fa_variant):
@@ -287,18 +291,20 @@ def diag_pairs(folder, fa_variant):
     (FA values, no-FA values)}}}, equal-length lists over the pairs where both runs have the measure."""
     runs = {}
     for r, key in one_round_results(folder):
-        if r.get("final", {}).get("diag_curve"):
-            runs[(key, r["config"]["seed"])] = r["final"]["diag_curve"]
+        fin = r.get("final", {})
+        if fin.get("diag_curve") or fin.get("test_pred_hist"):
+            end = {TEST_PRED_EFF: effective_number(fin["test_pred_hist"])} if fin.get("test_pred_hist") else {}
+            runs[(key, r["config"]["seed"])] = (fin.get("diag_curve") or [{}], end)
     out = defaultdict(lambda: {w: defaultdict(lambda: ([], [])) for w in ("first", "end")})
-    for (key, seed), curve in sorted(runs.items(), key=str):
+    for (key, seed), (curve, end) in sorted(runs.items(), key=str):
         base = runs.get(((*key[:3], "none", key[4]), seed))
         if key[3] != fa_variant or base is None:
             continue
-        for when, i in (("first", 0), ("end", -1)):
-            for m in DIAG_KEYS:
-                if curve[i].get(m) is not None and base[i].get(m) is not None:
-                    out[key[:3]][when][m][0].append(curve[i][m])
-                    out[key[:3]][when][m][1].append(base[i][m])
+        for when, a, b in (("first", curve[0], base[0][0]), ("end", {**curve[-1], **end}, {**base[0][-1], **base[1]})):
+            for m in (*DIAG_KEYS, TEST_PRED_EFF):
+                if a.get(m) is not None and b.get(m) is not None:
+                    out[key[:3]][when][m][0].append(a[m])
+                    out[key[:3]][when][m][1].append(b[m])
     return {k: {w: dict(v) for w, v in parts.items()} for k, parts in out.items()}
 
 
@@ -307,7 +313,7 @@ def diag_table(parts):
     sign-test p (min of the two one-sided tests, doubled), at the first evaluation and at the end. A measure no pair
     has (one added after the runs) is left out."""
     lines = ["| measure | first evaluation: FA / no FA (FA higher, p) | end: FA / no FA (FA higher, p) |", "|---|---|---|"]
-    for m in DIAG_KEYS:
+    for m in (*DIAG_KEYS, TEST_PRED_EFF):
         if not any(parts[when].get(m, ([], []))[0] for when in ("first", "end")):
             continue
         cells = []
@@ -708,8 +714,9 @@ def main(argv=None):
     for (ds, b, ssl), parts in sorted(diag_pairs(args.runs, fa_v).items()):
         md += ["", f"## Diagnostics of the final training: {ds} #{b}, {ssl}, FA against no FA", "",
                "diagnostics.py's measures on the probe set (docs/diagnostics.md), at the final training's first "
-               "evaluation and at its end; means over the runs paired by selector and seed (the FA run and its "
-               "no-FA twin), how many pairs FA is higher in, and a two-sided sign test.", "", diag_table(parts)]
+               "evaluation and at its end, and test_pred_eff, the effective number of classes it predicts on the "
+               "test set at its end; means over the runs paired by selector and seed (the FA run and its no-FA "
+               "twin), how many pairs FA is higher in, and a two-sided sign test.", "", diag_table(parts)]
     drops = round0_drops(args.runs, args.metric)
     if drops:
         md += ["", "## Final training against round 0", "", "Each run trains twice from the same start: round 0 on the "

@@ -560,12 +560,14 @@ def test_curves_draw_the_probe_panels_of_a_probed_run(tmp_path):
     assert figures.curve_panels(figures.read_log(str(tmp_path / "q.log.jsonl"))[1]) == ["L_l", "lr", "test_acc"]
 
 
-def write_diag_run(folder, name, fa, al, seed, first, end, collapsed=False):
-    """A result file whose final training has a diag_curve of two evaluations, `first` and `end` (dicts)."""
+def write_diag_run(folder, name, fa, al, seed, first, end, collapsed=False, hist=None):
+    """A result file whose final training has a diag_curve of two evaluations, `first` and `end` (dicts), and the
+    test prediction histogram `hist` of its last evaluation (when given)."""
     cfg = dict(dataset="digits", budget=10, ssl="freematch", fa=fa, lambda_s=1.0, lambda_c=0.01, queue_len=10, al=al,
                rounds=1, seed=seed)
     fin = {"acc_best": 0.9, "acc_last": 0.9, "curve": [{"iter": 50, "acc": 0.9}, {"iter": 500, "acc": 0.9}],
-           "diag_curve": [{"iter": 50, **first}, {"iter": 500, **end}], "collapsed": collapsed}
+           "diag_curve": [{"iter": 50, **first}, {"iter": 500, **end}], "collapsed": collapsed,
+           **({"test_pred_hist": hist} if hist else {})}
     json.dump({"config": cfg, "final_acc": 0.9, "final_best_acc": 0.9, "rounds": [{"round": 0, "collapsed": False}],
                "final": fin}, open(os.path.join(folder, name + ".json"), "w"))
 
@@ -586,6 +588,21 @@ def test_diag_pairs_pair_fa_with_its_no_fa_twin_and_the_table_counts(tmp_path):
     row = next(l for l in md.splitlines() if l.startswith("| anchor_purity |"))
     assert "0.550 / 0.500 (1/2, p = 1.00)" in row and "0.750 / 0.600 (2/2, p = 0.50)" in row
     assert "| knn_purity |" not in md  # a measure no run has (one added after the runs) is left out
+
+
+def test_test_pred_eff_pairs_the_final_trainings_test_histograms(tmp_path):
+    """test_pred_eff, from each final training's test_pred_hist, at the end only: FA predicts 2 classes evenly where
+    its twin predicts 4 (seed 0), and 1 against 1 (seed 1, a tie)."""
+    fa = "fa_s1_c0.01_T10"
+    write_diag_run(tmp_path, "n0", False, "coreset", 0, {}, {}, hist=[5, 5, 5, 5])
+    write_diag_run(tmp_path, "f0", True, "coreset", 0, {}, {}, hist=[10, 0, 10, 0])
+    write_diag_run(tmp_path, "n1", False, "coreset", 1, {}, {}, hist=[0, 20, 0, 0])
+    write_diag_run(tmp_path, "f1", True, "coreset", 1, {}, {}, hist=[20, 0, 0, 0])
+    parts = report.diag_pairs(str(tmp_path), fa)[("digits", 10, "freematch")]
+    assert parts["end"]["test_pred_eff"] == (pytest.approx([2.0, 1.0]), pytest.approx([4.0, 1.0]))
+    assert "test_pred_eff" not in parts["first"]
+    row = next(l for l in report.diag_table(parts).splitlines() if l.startswith("| test_pred_eff |"))
+    assert row == "| test_pred_eff | - | 1.500 / 2.500 (0/2, p = 1.00) |"
 
 
 def test_collapsed_runs_are_listed_and_their_cells_marked(tmp_path):
