@@ -288,7 +288,8 @@ TEST_PRED_EFF = "test_pred_eff"
 def diag_pairs(folder, fa_variant):
     """The final training's diagnostics at its first evaluation and at its end, FA (fa_variant) against no FA,
     paired by setting, SSL algorithm, selector and seed: {(dataset, budget, ssl): {"first" | "end": {measure:
-    (FA values, no-FA values)}}}, equal-length lists over the pairs where both runs have the measure."""
+    (FA values, no-FA values)}}}, equal-length lists over the pairs where both runs have the measure; "end" also has
+    TEST_PRED_EFF, which a run without the probe has too."""
     runs = {}
     for r, key in one_round_results(folder):
         fin = r.get("final", {})
