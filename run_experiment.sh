@@ -194,7 +194,7 @@ fi
 echo "$GRID: $N runs into $OUT"
 # other ssal.py runs share this machine's cores: JOBS and the threads per job assume they are free, and each run's
 # time_* figures come out inflated (docs/long-runs.md)
-others=$(pgrep -fc '(^|[ /])ssal\.py( |$)' || true)
+others=$(command -v pgrep > /dev/null && pgrep -fc '(^|[ /])ssal\.py( |$)' || true)  # no procps: no warning
 if [ "${others:-0}" -gt 0 ]; then
   echo "warning: $others other ssal.py process(es) already run on this machine, sharing its $(nproc) cores with this" \
        "grid: its runs will be slower and their recorded times inflated" >&2

@@ -3,6 +3,7 @@ import importlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,6 +87,7 @@ def test_fashionmnist_preset_grids(tmp_path):
     assert all("--out results/fashionmnist/readings/sweep " in c for c in cmds)  # not digits' sweep folder
 
 
+@pytest.mark.skipif(shutil.which("pgrep") is None, reason="the warning needs procps' pgrep")
 def test_a_grid_warns_when_other_ssal_runs_share_the_machine(tmp_path):
     """A process whose command line is an ssal.py run (a sleep renamed) makes the grid warn before it starts."""
     fake = subprocess.Popen(["bash", "-c", 'exec -a "python ssal.py --dataset digits" sleep 120'])
