@@ -52,9 +52,11 @@ def anchors(z_u, z_lb):
     return fa.nearest_labeled(z_u, z_lb[:, None] if z_lb.dim() == 2 else z_lb)
 
 
-def anchor_purity(z_u, y_u, z_lb, y_lb):
-    """The fraction of rows j whose Eq. 11 anchor i*_j (anchors above) has class y_u[j]."""
-    return (y_lb[anchors(z_u, z_lb)] == y_u).float().mean().item()
+def anchor_purity(z_u, y_u, z_lb, y_lb, i_star=None):
+    """The fraction of rows j whose Eq. 11 anchor i*_j (anchors above; i_star [N] when already computed) has class
+    y_u[j]."""
+    i_star = anchors(z_u, z_lb) if i_star is None else i_star
+    return (y_lb[i_star] == y_u).float().mean().item()
 
 
 def effective_number(hist):
@@ -98,9 +100,10 @@ def measure(z_w, logits_w, z_s, W, y, z_lb_s, z_lb_w, y_lb, mask=None):
     out = {"pl_acc": pseudo_label_accuracy(logits_w, y)}
     if mask is not None:
         out.update(pl_acc_masked=pseudo_label_accuracy(logits_w, y, mask), mask=mask.float().mean().item())
-    out["anchor_purity"] = anchor_purity(z_s, y, z_lb_s, y_lb)
+    i_star = anchors(z_s, z_lb_s)  # [N] Eq. 11 over the T strong views, once for the two measures below
+    out["anchor_purity"] = anchor_purity(z_s, y, z_lb_s, y_lb, i_star)
     out["anchor_purity_weak"] = anchor_purity(z_w, y, z_lb_w, y_lb)
-    out["anchors_eff"] = effective_number(torch.bincount(anchors(z_s, z_lb_s)).cpu().numpy())
+    out["anchors_eff"] = effective_number(torch.bincount(i_star).cpu().numpy())
     out["pred_eff"] = effective_number(torch.bincount(logits_w.argmax(1)).cpu().numpy())
     out["L_sw"], out["L_sw_unit"] = strong_weak_distance(z_s, z_w)
     out["margin_gap"], out["n_wrong"] = margin_gap(z_w, z_s, W, y, logits_w.argmax(1))
