@@ -77,13 +77,12 @@ def fig3(with_ls, without_ls, path, num_classes=30, highlight=5, seed=0):
 LOG_SUFFIX = ".log.jsonl"
 LOSSES = ("L_l", "L_u", "fairness", "L_s", "L_c")
 # panels of diagnostics.py's measures (a run with --probe): panel -> (solid line, dashed line, title)
-DIAG_PANELS = {"diag_pl": ("pl_acc", "pl_acc_masked", "probe: pseudo-label accuracy (dashed: masked)"),
+DIAG_PANELS = {"diag_pl": ("pl_acc", "pl_acc_masked", "probe: pseudo-label acc. (dashed: masked)"),
                "diag_anchor": ("anchor_purity", "anchor_purity_weak", "probe: Eq. 11 anchor purity (dashed: weak)"),
                "diag_knn": ("knn_purity", None, "probe: 1-NN purity of the weak features"),
                "diag_sw": ("L_sw_unit", None, "probe: L_sw on unit features (Eq. 13)"),
                "diag_gap": ("margin_gap", None, "probe: margin gap, wrong pseudo-labels (Eq. 15)"),
-               "diag_eff": ("anchors_eff", "pred_eff", "probe: effective number of Eq. 11 anchors (dashed: classes "
-                                                       "predicted)")}
+               "diag_eff": ("anchors_eff", "pred_eff", "probe: effective Eq. 11 anchors\n(dashed: classes predicted)")}
 
 
 def read_log(path):
@@ -187,12 +186,13 @@ def plot_curves(log, path, rounds=None):
         title = {"mask": "mask ratio and thresholds" if {"tau", "tau_min"} & keys else "mask ratio",
                  "lr": "learning rate", "test_acc": "test accuracy (%)",
                  **{p: v[2] for p, v in DIAG_PANELS.items()}}.get(key, key)
-        ax.set(xlabel="iteration", title=title)
+        ax.set_xlabel("iteration")
+        ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle(os.path.basename(log)[:-len(LOG_SUFFIX)] if log.endswith(LOG_SUFFIX) else os.path.basename(log))
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # leave the suptitle its own band
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return R, trainings
